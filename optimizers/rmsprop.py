@@ -1,0 +1,291 @@
+"""``RMSprop``: a drop-in ``torch.optim.RMSprop`` that covers every published form of RMSProp.
+
+Same positional arguments, defaults and state keys as torch; the extras are keyword-only and off
+by default, so ``RMSprop(params, ...)`` is ``torch.optim.RMSprop(params, ...)`` step for step. The
+update rule is written out in ``optimizers/reference.py``; three implementations apply it:
+
+* the Triton kernel (``fused=None`` on CUDA, or ``fused=True``): one launch per (device, dtype);
+* the foreach path (the default elsewhere): a few ``torch._foreach`` calls per bucket;
+* the per-tensor path (``foreach=False``, ``differentiable=True``), also compiled by Inductor when
+  ``compiled=True`` (an opt-in fast CPU path with a one-time compile cost).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .for_loop import compiled_update, for_loop_update
+from .foreach import foreach_update
+from .group import GroupTensors, hyperparameters
+
+# Keyword-only extras beyond torch's arguments, with their "off" values. Loading a state dict
+# that lacks them (one saved by torch.optim.RMSprop) fills them from the optimizer's own defaults.
+EXTRA_DEFAULTS: dict[str, Any] = {
+    "eps_in_sqrt": False,
+    "initial_square_avg": 0.0,
+    "lr_in_momentum": False,
+    "decoupled_weight_decay": False,
+    "nesterov": False,
+    "bias_correction": False,
+    "fused": None,
+    "compiled": False,
+    "state_dtype": None,
+}
+STATE_DTYPES = {"float32": torch.float32, "float64": torch.float64,
+                "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def triton_available() -> bool:
+    """Whether Triton is installed (the CPU paths never need it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def kernel_can_run(device: torch.device) -> bool:
+    """The kernel runs on CUDA, and on CPU tensors under ``TRITON_INTERPRET=1`` (for tests)."""
+    if not triton_available():
+        return False
+    return device.type == "cuda" or (
+        device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    )
+
+
+def _resolve_state_dtype(state_dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if state_dtype is None or isinstance(state_dtype, torch.dtype):
+        return state_dtype
+    if state_dtype in STATE_DTYPES:
+        return STATE_DTYPES[state_dtype]
+    raise ValueError(
+        f"RMSprop: state_dtype must be None or one of {sorted(STATE_DTYPES)}, got {state_dtype!r}"
+    )
+
+
+def _check_range(name: str, value: float, accepted: str, ok: bool) -> None:
+    if not ok:
+        raise ValueError(f"RMSprop: {name} must be {accepted}, got {value!r}")
+
+
+def validate(settings: dict[str, Any]) -> None:
+    """Raise a ValueError naming the argument and its accepted range for any bad setting."""
+    lr = settings["lr"]
+    if isinstance(lr, Tensor):
+        _check_range("lr", lr, "a one-element tensor", lr.numel() == 1)
+        _check_range("lr", lr, ">= 0", bool(lr.item() >= 0) if lr.device.type == "cpu" else True)
+    else:
+        _check_range("lr", lr, ">= 0", lr >= 0)
+    _check_range("alpha", settings["alpha"], "in [0, 1)", 0 <= settings["alpha"] < 1)
+    _check_range("eps", settings["eps"], ">= 0", settings["eps"] >= 0)
+    _check_range("momentum", settings["momentum"], ">= 0", settings["momentum"] >= 0)
+    _check_range("weight_decay", settings["weight_decay"], ">= 0", settings["weight_decay"] >= 0)
+    _check_range("initial_square_avg", settings["initial_square_avg"], ">= 0",
+                 settings["initial_square_avg"] >= 0)
+    if settings["nesterov"] and settings["momentum"] <= 0:
+        raise ValueError("RMSprop: nesterov=True needs momentum > 0, got momentum="
+                         f"{settings['momentum']!r}")
+    if settings["bias_correction"] and settings["initial_square_avg"] != 0:
+        raise ValueError("RMSprop: bias_correction=True assumes v starts at 0; it cannot be "
+                         f"combined with initial_square_avg={settings['initial_square_avg']!r}")
+    if settings["fused"] and settings["foreach"]:
+        raise ValueError("RMSprop: fused=True and foreach=True cannot both be set")
+    if settings["fused"] and settings["differentiable"]:
+        raise ValueError("RMSprop: fused=True does not support differentiable=True")
+    if settings["fused"] and settings["compiled"]:
+        raise ValueError("RMSprop: fused=True and compiled=True cannot both be set")
+
+
+class RMSprop(Optimizer):
+    """RMSProp in every published form; a drop-in for ``torch.optim.RMSprop``.
+
+    Args (torch's, same order and defaults):
+        params: parameters or parameter groups.
+        lr: learning rate (a float or a one-element tensor), >= 0. Default 1e-2.
+        alpha: decay of the square average, in [0, 1). Default 0.99.
+        eps: added to the denominator, >= 0. Default 1e-8.
+        weight_decay: L2 penalty added to the gradient (decoupled: see below), >= 0.
+        momentum: momentum factor mu, >= 0.
+        centered: divide by the square root of v - m^2, an estimate of the variance (Graves 2013).
+        capturable, foreach, maximize, differentiable: as in torch.
+
+    Keyword-only extras (all off by default):
+        eps_in_sqrt: denominator sqrt(v + eps) (TF, Keras, Graves, DQN) instead of sqrt(v) + eps.
+        initial_square_avg: starting value of v (TF1 uses 1.0).
+        lr_in_momentum: b = mu b + lr u; theta -= b (TF, Graves) instead of b = mu b + u;
+            theta -= lr b.
+        decoupled_weight_decay: theta *= 1 - lr wd before the step (as AdamW) instead of L2.
+        nesterov: the step uses u + mu b (lr placed as by lr_in_momentum).
+        bias_correction: divide v and m by 1 - alpha^t (needs initial_square_avg 0).
+        fused: None: the Triton kernel on CUDA, the foreach path elsewhere; True: the kernel or an
+            error; False: never the kernel.
+        compiled: run the per-tensor update through torch.compile (fast on CPU; compiles once).
+        state_dtype: dtype of square_avg, grad_avg and momentum_buffer (e.g. float32 for bf16
+            params); None keeps the param's dtype as torch does. The math is always fp32 or wider.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        *,
+        eps_in_sqrt: bool = False,
+        initial_square_avg: float = 0.0,
+        lr_in_momentum: bool = False,
+        decoupled_weight_decay: bool = False,
+        nesterov: bool = False,
+        bias_correction: bool = False,
+        fused: bool | None = None,
+        compiled: bool = False,
+        state_dtype: torch.dtype | str | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+            centered=centered, capturable=capturable, foreach=foreach, maximize=maximize,
+            differentiable=differentiable, eps_in_sqrt=eps_in_sqrt,
+            initial_square_avg=initial_square_avg, lr_in_momentum=lr_in_momentum,
+            decoupled_weight_decay=decoupled_weight_decay, nesterov=nesterov,
+            bias_correction=bias_correction, fused=fused, compiled=compiled,
+            state_dtype=_resolve_state_dtype(state_dtype),
+        )
+        validate(defaults)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's, plus the checks of ``validate`` on the group's own settings."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group["state_dtype"] = _resolve_state_dtype(group["state_dtype"])
+        validate(group)
+        if group["fused"]:
+            self._check_kernel_can_run(group)
+
+    @staticmethod
+    def _check_kernel_can_run(group: dict[str, Any]) -> None:
+        for p in group["params"]:
+            if not kernel_can_run(p.device):
+                why = "Triton is not installed" if not triton_available() else (
+                    f"a parameter is on {p.device}; the kernel needs CUDA "
+                    "(or TRITON_INTERPRET=1 for CPU tensors)")
+                raise RuntimeError(f"RMSprop: fused=True but no kernel can run: {why}. "
+                                   "Use fused=None to fall back to the foreach path.")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for name, torch_default in (("momentum", 0), ("centered", False), ("foreach", None),
+                                        ("maximize", False), ("differentiable", False),
+                                        ("capturable", False)):
+                group.setdefault(name, torch_default)
+            for name, default in EXTRA_DEFAULTS.items():
+                group.setdefault(name, self.defaults.get(name, default))
+            for p in group["params"]:
+                p_state = self.state.get(p, {})
+                if "step" in p_state and not torch.is_tensor(p_state["step"]):
+                    p_state["step"] = torch.tensor(float(p_state["step"]), dtype=torch.float32)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's loader casts state to each param's dtype; ``state_dtype`` is restored from
+        the saved values themselves, so that no precision is lost on the way."""
+        super().load_state_dict(state_dict)
+        for group, saved_group in zip(self.param_groups, state_dict["param_groups"]):
+            dtype = group["state_dtype"]
+            if dtype is None:
+                continue
+            for p, saved_id in zip(group["params"], saved_group["params"]):
+                for key, value in state_dict["state"].get(saved_id, {}).items():
+                    if key != "step" and torch.is_tensor(value):
+                        self.state[p][key] = value.to(device=p.device, dtype=dtype)
+
+    def _uses_kernel(self, group: dict[str, Any], device: torch.device) -> bool:
+        if group["fused"] is False or group["foreach"] or group["compiled"]:
+            return False
+        if group["differentiable"]:
+            return False
+        if group["fused"]:
+            return True
+        return device.type == "cuda" and triton_available()
+
+    def _init_group(self, group: dict[str, Any]) -> GroupTensors:
+        tensors = GroupTensors()
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("RMSprop does not support sparse gradients")
+            if torch.is_complex(p):
+                raise RuntimeError("RMSprop: complex parameters are not supported; "
+                                   "optimise torch.view_as_real(param) instead")
+            state = self.state[p]
+            on_device = group["capturable"] or self._uses_kernel(group, p.device)
+            if len(state) == 0:
+                dtype = group["state_dtype"] or p.dtype
+                state["step"] = torch.zeros((), dtype=torch.float32,
+                                            device=p.device if on_device else "cpu")
+                state["square_avg"] = torch.full_like(
+                    p, group["initial_square_avg"], dtype=dtype,
+                    memory_format=torch.preserve_format)
+                if group["momentum"] > 0:
+                    state["momentum_buffer"] = torch.zeros_like(
+                        p, dtype=dtype, memory_format=torch.preserve_format)
+                if group["centered"]:
+                    state["grad_avg"] = torch.zeros_like(
+                        p, dtype=dtype, memory_format=torch.preserve_format)
+            elif on_device and state["step"].device != p.device:
+                state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+            tensors.params.append(p)
+            tensors.grads.append(p.grad)
+            tensors.square_avgs.append(state["square_avg"])
+            tensors.steps.append(state["step"])
+            if group["momentum"] > 0:
+                tensors.momentum_buffers.append(state["momentum_buffer"])
+            if group["centered"]:
+                tensors.grad_avgs.append(state["grad_avg"])
+        return tensors
+
+    def _update_bucket(self, group: dict[str, Any], index: int, key: tuple, tensors: GroupTensors) -> None:
+        hp = hyperparameters(group)
+        device = tensors.params[0].device
+        if self._uses_kernel(group, device):
+            from . import triton_kernel  # imports Triton: only where the kernel runs
+
+            reason = triton_kernel.check_kernel_tensors(tensors)
+            if reason is None:
+                caches = self.__dict__.setdefault("_kernel_tables", {})
+                tables = triton_kernel.cached_tables(tensors, caches.get((index, key)))
+                caches[(index, key)] = tables
+                triton_kernel.kernel_update(tensors, hp, tables)
+                return
+            if group["fused"]:
+                raise RuntimeError(f"RMSprop: fused=True but the kernel cannot take {reason}")
+        if group["compiled"]:
+            compiled_update()(tensors, hp)
+        elif group["foreach"] is False or group["differentiable"]:
+            for_loop_update(tensors, hp)
+        else:
+            foreach_update(tensors, hp)
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One update of every parameter that has a gradient; returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for index, group in enumerate(self.param_groups):
+            tensors = self._init_group(group)
+            with torch.set_grad_enabled(group["differentiable"]):
+                for key, bucket in tensors.split_by_device_and_dtype().items():
+                    self._update_bucket(group, index, key, bucket)
+        return loss

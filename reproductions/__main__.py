@@ -1,0 +1,5 @@
+"""``python -m reproductions fit -c CONFIG``: the same as ``repro``."""
+
+from .cli import main
+
+main()
