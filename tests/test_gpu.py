@@ -1,0 +1,79 @@
+"""The compiled Triton kernel on a real GPU: every variant against the float64 reference, low
+precision, one launch per step, and capture in a CUDA graph. Skipped without CUDA."""
+
+import pytest
+import torch
+
+from optimizers import RMSprop
+
+from helpers import DEFAULT_TOLERANCE, TOLERANCES, VARIANTS, gradient, initial_params, reference_trajectory
+
+pytestmark = pytest.mark.gpu
+SHAPES = [(1,), (1023,), (65537,), (64, 3, 3, 3), (4096, 1000)]
+
+
+def cuda_params(shapes, dtype=torch.float32):
+    return [p.cuda().requires_grad_() for p in initial_params(shapes, dtype)]
+
+
+def run_steps(optimizer, params, steps):
+    for step in range(steps):
+        for index, p in enumerate(params):
+            p.grad = gradient(p.shape, step, index, p.dtype).cuda()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_kernel_matches_reference_on_cuda(variant):
+    start = initial_params(SHAPES)
+    expected, _ = reference_trajectory(start, VARIANTS[variant], 10)
+    params = [p.cuda().requires_grad_() for p in start]
+    run_steps(RMSprop(params, **VARIANTS[variant]), params, 10)
+    rtol, atol = TOLERANCES.get(variant, DEFAULT_TOLERANCE)
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach().cpu().double(), e, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_kernel_low_precision_matches_foreach(dtype):
+    fused, foreach = cuda_params(SHAPES, dtype), cuda_params(SHAPES, dtype)
+    run_steps(RMSprop(fused, centered=True, momentum=0.9, state_dtype="float32"), fused, 5)
+    run_steps(RMSprop(foreach, centered=True, momentum=0.9, state_dtype="float32", fused=False),
+              foreach, 5)
+    for a, b in zip(fused, foreach):
+        torch.testing.assert_close(a, b, rtol=2 * torch.finfo(dtype).eps, atol=2 * torch.finfo(dtype).eps)
+
+
+def test_one_kernel_launch_per_step():
+    params = cuda_params([(7,)] * 200)
+    optimizer = RMSprop(params, centered=True, momentum=0.9)
+    run_steps(optimizer, params, 2)  # warm-up: compile and build the tables
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        optimizer.step()
+        torch.cuda.synchronize()
+    names = [event.name for event in profile.events() if event.device_type.name == "CUDA"]
+    assert sum("rmsprop_kernel" in name for name in names) == 1
+
+
+def test_step_captures_in_a_cuda_graph():
+    params = cuda_params([(1000,), (33, 7)])
+    lr = torch.tensor(1e-2, device="cuda")
+    optimizer = RMSprop(params, lr=lr, centered=True, momentum=0.9, capturable=True)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        optimizer.step()  # warm-up outside capture
+    torch.cuda.current_stream().wait_stream(stream)
+    reference = [p.detach().clone() for p in params]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        optimizer.step()
+    graph.replay()
+    lr.fill_(0.0)  # a tensor lr changes the replayed step without recapture
+    before = [p.detach().clone() for p in params]
+    graph.replay()
+    for p, b, r in zip(params, before, reference):
+        assert not torch.equal(b, r)
+        torch.testing.assert_close(p.detach(), b)
