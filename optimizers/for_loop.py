@@ -39,6 +39,16 @@ def for_loop_update(tensors: GroupTensors, hp: Hyperparameters) -> None:
 
 
 @functools.cache
-def compiled_update():
-    """``for_loop_update`` compiled by Inductor; compiled once per process, on first use."""
+def _compiled_for_loop():
     return torch.compile(for_loop_update, dynamic=False)
+
+
+def compiled_update(tensors: GroupTensors, hp: Hyperparameters) -> None:
+    """``for_loop_update`` compiled by Inductor, once per process and set of shapes.
+
+    A Python-float lr would be baked into the compiled code and recompile at every change of a
+    schedule; as a 0-d tensor it is an input instead.
+    """
+    if not isinstance(hp.lr, torch.Tensor):
+        hp = hp._replace(lr=torch.tensor(hp.lr, dtype=torch.float64))
+    _compiled_for_loop()(tensors, hp)

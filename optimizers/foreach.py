@@ -73,11 +73,19 @@ def foreach_update(tensors: GroupTensors, hp: Hyperparameters) -> None:
         variance = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
     else:
         variance = square_avgs
+    # The denominator is built in place whenever variance is already a scratch copy.
+    denom = variance if variance is not square_avgs else None
     if hp.eps_in_sqrt:
-        denom = torch._foreach_add(variance, hp.eps)
+        if denom is None:
+            denom = torch._foreach_add(variance, hp.eps)
+        else:
+            torch._foreach_add_(denom, hp.eps)
         torch._foreach_sqrt_(denom)
     else:
-        denom = torch._foreach_sqrt(variance)
+        if denom is None:
+            denom = torch._foreach_sqrt(variance)
+        else:
+            torch._foreach_sqrt_(denom)
         torch._foreach_add_(denom, hp.eps)
 
     if mu == 0:

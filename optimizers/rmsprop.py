@@ -271,7 +271,7 @@ class RMSprop(Optimizer):
             if group["fused"]:
                 raise RuntimeError(f"RMSprop: fused=True but the kernel cannot take {reason}")
         if group["compiled"]:
-            compiled_update()(tensors, hp)
+            compiled_update(tensors, hp)
         elif group["foreach"] is False or group["differentiable"]:
             for_loop_update(tensors, hp)
         else:

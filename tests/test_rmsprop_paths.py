@@ -104,3 +104,18 @@ def test_compiled_path_small():
     # A quick compile (two tensors) keeps the compiled path in the default suite.
     check_against_reference("centered_momentum", {"compiled": True},
                             shapes=[(3,), (2, 2)], steps=3)
+
+
+def test_compiled_path_follows_a_changing_learning_rate():
+    # lr is an input of the compiled code, not a constant baked into it: with lr = 0 the
+    # momentum step lr * b moves nothing.
+    params = [p.requires_grad_() for p in initial_params([(3,), (2, 2)])]
+    optimizer = RMSprop(params, compiled=True, **VARIANTS["centered_momentum"])
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    before = [p.detach().clone() for p in params]
+    optimizer.param_groups[0]["lr"] = 0.0
+    optimizer.step()
+    for p, b in zip(params, before):
+        assert torch.equal(p.detach(), b)

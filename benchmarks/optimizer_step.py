@@ -1,0 +1,194 @@
+"""Time one optimizer step: torch.optim.RMSprop (for-loop, foreach, torch.compile'd),
+bitsandbytes' RMSprop when installed, and ours (default path, compiled path, Triton kernel).
+
+    python benchmarks/optimizer_step.py            # full run on the current device
+    python benchmarks/optimizer_step.py --quick    # a short run (the README's first command)
+
+Each number is the median over many steps after warm-up; every ratio is against torch foreach
+measured in the same run. On CUDA the table also gives the effective bandwidth (bytes that the
+update must read and write, over the step time) and its share of the device's copy bandwidth,
+measured in the same run. The table is written to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from optimizers import RMSprop  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+VARIANTS = {
+    "plain": {},
+    "centered": {"centered": True},
+    "centered+momentum": {"centered": True, "momentum": 0.9},
+}
+
+
+def lstm_like_shapes(n_tensors: int, hidden: int) -> list[tuple[int, ...]]:
+    """The tensors of n_tensors/4 LSTM layers: weight_ih, weight_hh, bias_ih, bias_hh."""
+    layer = [(4 * hidden, hidden), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
+    return (layer * (n_tensors // 4 + 1))[:n_tensors]
+
+
+def workloads(device: torch.device, quick: bool) -> dict[str, list[tuple[int, ...]]]:
+    if device.type == "cuda":
+        large = [(8192, 4096), (8192, 4096), (4096, 4096)]  # 84M parameters
+        return {"200 small (LSTM)": lstm_like_shapes(200, 128), "3 large": large}
+    if quick:
+        return {"200 small (LSTM)": lstm_like_shapes(200, 32), "3 large": [(512, 512)] * 3}
+    return {"200 small (LSTM)": lstm_like_shapes(200, 64), "3 large": [(1024, 1024)] * 3}
+
+
+def bytes_per_element(settings: dict, element_size: int = 4) -> int:
+    """What the update must move: param and each state tensor read and written, grad read."""
+    arrays_read_and_written = 2 + settings.get("centered", False) + (settings.get("momentum", 0) > 0)
+    return element_size * (2 * arrays_read_and_written + 1)
+
+
+def contenders(device: torch.device, settings: dict) -> dict[str, Callable]:
+    """name -> a function params -> step callable (compiles lazily on the first call)."""
+    def torch_step(foreach: bool):
+        return lambda ps: torch.optim.RMSprop(ps, foreach=foreach, **settings).step
+
+    def torch_compiled(ps):
+        optimizer = torch.optim.RMSprop(ps, foreach=True, **settings)
+        return torch.compile(optimizer.step, fullgraph=False)
+
+    def ours(**extra):
+        return lambda ps: RMSprop(ps, **settings, **extra).step
+
+    found = {
+        "torch for-loop": torch_step(False),
+        "torch foreach": torch_step(True),
+        "torch compiled": torch_compiled,
+        "ours (default)": ours(),
+    }
+    if device.type == "cuda":
+        found["ours (foreach)"] = ours(fused=False)
+        if importlib.util.find_spec("bitsandbytes") is not None:
+            import bitsandbytes
+
+            found["bitsandbytes"] = lambda ps: bitsandbytes.optim.RMSprop(ps, **settings).step
+    else:
+        found["ours (compiled)"] = ours(compiled=True)
+    return found
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(make_step: Callable, shapes, device, warmup: int, repeats: int) -> tuple[float, float]:
+    """(median seconds per step, seconds taken by the first step, compilation included)."""
+    generator = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=generator).to(device).requires_grad_() for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator).to(device) * 1e-2
+    step = make_step(params)
+    sync(device)
+    start = time.perf_counter()
+    step()
+    sync(device)
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), first
+
+
+def copy_bandwidth(device: torch.device, numel: int = 256 * 2**20) -> float:
+    """Device copy bandwidth in bytes/s (read + write), median of 20 copies of 1 GiB fp32."""
+    src = torch.empty(numel, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(25):
+        sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * src.numel() * src.element_size() / statistics.median(times[5:])
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="small workloads, few repeats")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="markdown file to write")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    repeats = args.repeats or (10 if args.quick else 50)
+    bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
+
+    header = ["workload", "variant", "contender", "median ms", "vs torch foreach", "first step s"]
+    if bandwidth:
+        header += ["GB/s", "% of copy bw"]
+    rows = []
+    for workload, shapes in workloads(device, args.quick).items():
+        numel = sum(torch.Size(s).numel() for s in shapes)
+        for variant, settings in VARIANTS.items():
+            results = {}
+            for name, make_step in contenders(device, settings).items():
+                median, first = time_step(make_step, shapes, device, warmup=3, repeats=repeats)
+                results[name] = (median, first)
+                print(f"{workload:18} {variant:18} {name:16} {median * 1e3:9.3f} ms "
+                      f"(first step {first:.2f} s)", flush=True)
+            baseline = results["torch foreach"][0]
+            for name, (median, first) in results.items():
+                row = [workload, variant, name, f"{median * 1e3:.3f}", f"{baseline / median:.2f}x",
+                       f"{first:.2f}"]
+                if bandwidth:
+                    achieved = numel * bytes_per_element(settings) / median
+                    row += [f"{achieved / 1e9:.0f}", f"{100 * achieved / bandwidth:.0f}%"]
+                rows.append(row)
+
+    lines = [
+        f"# Optimizer step benchmark ({datetime.date.today()})",
+        "",
+        f"Device: {device_name(device)}; torch {torch.__version__}; "
+        f"{'quick run' if args.quick else 'full run'}, median of {repeats} steps after 3 warm-up steps.",
+        "Workloads: " + "; ".join(
+            f"{w}: {len(s)} tensors, {sum(torch.Size(x).numel() for x in s) / 1e6:.1f}M parameters"
+            for w, s in workloads(device, args.quick).items()),
+    ]
+    if bandwidth:
+        lines.append(f"Copy bandwidth measured in this run: {bandwidth / 1e9:.0f} GB/s.")
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    table = "\n".join(lines) + "\n"
+    print("\n" + table)
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
+    out = args.out or RESULTS / f"optimizer_step_{slug}{'_quick' if args.quick else ''}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
