@@ -40,16 +40,26 @@ KERNEL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfl
 
 
 @triton.jit
-def _load(base, column, offsets, numel, DTYPE: tl.constexpr, MASKED: tl.constexpr):
-    pointer = tl.load(base + column).to(tl.pointer_type(DTYPE))
+def _pointer(base, column, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    address = tl.load(base + column)
+    if ALIGNED:  # every address is a multiple of 16 bytes: lets loads and stores be vectorised
+        address = tl.multiple_of(address, 16)
+    return address.to(tl.pointer_type(DTYPE))
+
+
+@triton.jit
+def _load(base, column, offsets, numel, DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
+          MASKED: tl.constexpr):
+    pointer = _pointer(base, column, DTYPE, ALIGNED)
     if MASKED:
         return tl.load(pointer + offsets, mask=offsets < numel, other=0.0).to(tl.float32)
     return tl.load(pointer + offsets).to(tl.float32)
 
 
 @triton.jit
-def _store(base, column, offsets, numel, value, DTYPE: tl.constexpr, MASKED: tl.constexpr):
-    pointer = tl.load(base + column).to(tl.pointer_type(DTYPE))
+def _store(base, column, offsets, numel, value, DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
+           MASKED: tl.constexpr):
+    pointer = _pointer(base, column, DTYPE, ALIGNED)
     if MASKED:
         tl.store(pointer + offsets, value.to(DTYPE), mask=offsets < numel)
     else:
@@ -62,11 +72,11 @@ def _update_block(
     PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, CENTERED: tl.constexpr,
     HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, LR_IN_MOMENTUM: tl.constexpr,
     EPS_IN_SQRT: tl.constexpr, WEIGHT_DECAY: tl.constexpr, BIAS_CORRECTION: tl.constexpr,
-    MAXIMIZE: tl.constexpr, MASKED: tl.constexpr,
+    MAXIMIZE: tl.constexpr, ALIGNED: tl.constexpr, MASKED: tl.constexpr,
 ):
     # The equations are those of reference.py, in the same order.
-    param = _load(row, 0, offsets, numel, PARAM_DTYPE, MASKED)
-    grad = _load(row, 1, offsets, numel, PARAM_DTYPE, MASKED)
+    param = _load(row, 0, offsets, numel, PARAM_DTYPE, ALIGNED, MASKED)
+    grad = _load(row, 1, offsets, numel, PARAM_DTYPE, ALIGNED, MASKED)
     if MAXIMIZE:
         grad = -grad
     if WEIGHT_DECAY == 1:  # L2: g + wd theta
@@ -74,14 +84,14 @@ def _update_block(
     if WEIGHT_DECAY == 2:  # decoupled: theta (1 - lr wd)
         param = param * (1.0 - lr * weight_decay)
 
-    square_avg = _load(row, 2, offsets, numel, STATE_DTYPE, MASKED)
+    square_avg = _load(row, 2, offsets, numel, STATE_DTYPE, ALIGNED, MASKED)
     square_avg = alpha * square_avg + (1.0 - alpha) * grad * grad
-    _store(row, 2, offsets, numel, square_avg, STATE_DTYPE, MASKED)
+    _store(row, 2, offsets, numel, square_avg, STATE_DTYPE, ALIGNED, MASKED)
     variance = square_avg
     if CENTERED:
-        grad_avg = _load(row, 3, offsets, numel, STATE_DTYPE, MASKED)
+        grad_avg = _load(row, 3, offsets, numel, STATE_DTYPE, ALIGNED, MASKED)
         grad_avg = alpha * grad_avg + (1.0 - alpha) * grad
-        _store(row, 3, offsets, numel, grad_avg, STATE_DTYPE, MASKED)
+        _store(row, 3, offsets, numel, grad_avg, STATE_DTYPE, ALIGNED, MASKED)
     if BIAS_CORRECTION:
         step = tl.load(tl.load(row + 5).to(tl.pointer_type(tl.float32)))
         correction = 1.0 - tl.exp2(step * log2_alpha)  # 1 - alpha^t
@@ -97,11 +107,11 @@ def _update_block(
     u = tl.div_rn(grad, denom)
 
     if HAS_MOMENTUM:
-        buffer = _load(row, 4, offsets, numel, STATE_DTYPE, MASKED)
+        buffer = _load(row, 4, offsets, numel, STATE_DTYPE, ALIGNED, MASKED)
         if LR_IN_MOMENTUM:
             u = lr * u
         buffer = momentum * buffer + u
-        _store(row, 4, offsets, numel, buffer, STATE_DTYPE, MASKED)
+        _store(row, 4, offsets, numel, buffer, STATE_DTYPE, ALIGNED, MASKED)
         direction = buffer
         if NESTEROV:
             direction = u + momentum * buffer
@@ -111,7 +121,7 @@ def _update_block(
             param = param - lr * direction
     else:
         param = param - lr * u
-    _store(row, 0, offsets, numel, param, PARAM_DTYPE, MASKED)
+    _store(row, 0, offsets, numel, param, PARAM_DTYPE, ALIGNED, MASKED)
 
 
 @triton.jit
@@ -121,7 +131,8 @@ def rmsprop_kernel(
     PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, LR_IS_TENSOR: tl.constexpr,
     CENTERED: tl.constexpr, HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
     LR_IN_MOMENTUM: tl.constexpr, EPS_IN_SQRT: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
-    BIAS_CORRECTION: tl.constexpr, MAXIMIZE: tl.constexpr, BLOCK: tl.constexpr,
+    BIAS_CORRECTION: tl.constexpr, MAXIMIZE: tl.constexpr, ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """One program updates BLOCK elements of one tensor (block_table row = program id)."""
     program = tl.program_id(0)
@@ -139,13 +150,13 @@ def rmsprop_kernel(
         _update_block(
             row, offsets, numel, lr, alpha, log2_alpha, eps, weight_decay, momentum,
             PARAM_DTYPE, STATE_DTYPE, CENTERED, HAS_MOMENTUM, NESTEROV, LR_IN_MOMENTUM,
-            EPS_IN_SQRT, WEIGHT_DECAY, BIAS_CORRECTION, MAXIMIZE, False,
+            EPS_IN_SQRT, WEIGHT_DECAY, BIAS_CORRECTION, MAXIMIZE, ALIGNED, False,
         )
     else:
         _update_block(
             row, offsets, numel, lr, alpha, log2_alpha, eps, weight_decay, momentum,
             PARAM_DTYPE, STATE_DTYPE, CENTERED, HAS_MOMENTUM, NESTEROV, LR_IN_MOMENTUM,
-            EPS_IN_SQRT, WEIGHT_DECAY, BIAS_CORRECTION, MAXIMIZE, True,
+            EPS_IN_SQRT, WEIGHT_DECAY, BIAS_CORRECTION, MAXIMIZE, ALIGNED, True,
         )
 
 
@@ -156,6 +167,7 @@ class LaunchTables:
     key: tuple[int, ...]
     tensor_table: Tensor
     block_table: Tensor
+    aligned: bool  # every address a multiple of 16 bytes (views into a flat buffer may not be)
 
 
 def _addresses(tensors: GroupTensors) -> tuple[int, ...]:
@@ -182,7 +194,9 @@ def _build_tables(tensors: GroupTensors, key: tuple[int, ...]) -> LaunchTables:
     first_block = torch.cumsum(blocks_per_tensor, 0) - blocks_per_tensor
     block_in_tensor = torch.arange(len(tensor_index)) - first_block[tensor_index]
     blocks = torch.stack([tensor_index, block_in_tensor * BLOCK_SIZE], dim=1)
-    return LaunchTables(key, rows.to(device, non_blocking=True), blocks.to(device, non_blocking=True))
+    aligned = bool((rows[:, :STEP] % 16 == 0).all())
+    return LaunchTables(key, rows.to(device, non_blocking=True),
+                        blocks.to(device, non_blocking=True), aligned)
 
 
 def cached_tables(tensors: GroupTensors, cached: LaunchTables | None) -> LaunchTables:
@@ -230,5 +244,5 @@ def kernel_update(tensors: GroupTensors, hp: Hyperparameters, tables: LaunchTabl
         LR_IS_TENSOR=lr_is_tensor, CENTERED=hp.centered, HAS_MOMENTUM=hp.momentum > 0,
         NESTEROV=hp.nesterov, LR_IN_MOMENTUM=hp.lr_in_momentum, EPS_IN_SQRT=hp.eps_in_sqrt,
         WEIGHT_DECAY=weight_decay_mode, BIAS_CORRECTION=hp.bias_correction,
-        MAXIMIZE=hp.maximize, BLOCK=BLOCK_SIZE, num_warps=NUM_WARPS,
+        MAXIMIZE=hp.maximize, ALIGNED=tables.aligned, BLOCK=BLOCK_SIZE, num_warps=NUM_WARPS,
     )

@@ -211,6 +211,7 @@ def test_kernel_tables_are_cached_while_storage_is_stable():
         p.grad = torch.ones_like(p)
     optimizer.step()
     (tables,) = optimizer._kernel_tables.values()
+    assert tables.aligned  # fresh allocations are 16-byte aligned
     optimizer.step()
     assert next(iter(optimizer._kernel_tables.values())) is tables
     params[1].grad = torch.ones(3, 3) * 2  # new storage: the table must follow it

@@ -7,7 +7,8 @@ import torch
 from optimizers import RMSprop
 from optimizers.rmsprop import kernel_can_run
 
-from helpers import DEFAULT_TOLERANCE, TOLERANCES, VARIANTS, initial_params, optimizer_trajectory, reference_trajectory
+from helpers import (DEFAULT_TOLERANCE, TOLERANCES, VARIANTS, gradient, initial_params,
+                     optimizer_trajectory, reference_trajectory)
 
 STEPS = 12
 SHAPES = [(1,), (37,), (5, 7), (2, 3, 4)]
@@ -119,3 +120,24 @@ def test_compiled_path_follows_a_changing_learning_rate():
     optimizer.step()
     for p, b in zip(params, before):
         assert torch.equal(p.detach(), b)
+
+
+@needs_kernel
+def test_kernel_on_unaligned_views():
+    # Parameters that are views into one flat buffer at odd offsets (as flat-parameter wrappers
+    # make) are not 16-byte aligned: the kernel must notice and still be exact.
+    flat = torch.zeros(1 + 37 + 12)
+    start = initial_params([(37,), (3, 4)])
+    params = [torch.nn.Parameter(flat[1:38]), torch.nn.Parameter(flat[38:].view(3, 4))]
+    with torch.no_grad():
+        for p, s in zip(params, start):
+            p.copy_(s)
+    expected, _ = reference_trajectory(start, VARIANTS["graves"], STEPS)
+    optimizer = RMSprop(params, fused=True, **VARIANTS["graves"])
+    for step in range(STEPS):
+        for index, p in enumerate(params):
+            p.grad = gradient(p.shape, step, index, p.dtype)
+        optimizer.step()
+    assert not next(iter(optimizer._kernel_tables.values())).aligned
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach().double(), e, rtol=2e-5, atol=2e-6)
