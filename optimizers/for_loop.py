@@ -1,13 +1,10 @@
 """The per-tensor path: the reference update applied to each tensor in turn.
 
-It serves ``foreach=False`` and ``differentiable=True`` (every op is out of place, so autograd can
-follow the step), and, wrapped in ``torch.compile``, the opt-in fast CPU path
-(``compiled=True``): Inductor fuses each tensor's update into one loop.
+It serves ``foreach=False`` and ``differentiable=True``: every op of the reference is out of
+place, so autograd can follow the step.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 
@@ -36,19 +33,3 @@ def for_loop_update(tensors: GroupTensors, hp: Hyperparameters) -> None:
         if hp.momentum > 0:
             tensors.momentum_buffers[i].copy_(new_state.momentum_buffer)
         tensors.steps[i].add_(1)
-
-
-@functools.cache
-def _compiled_for_loop():
-    return torch.compile(for_loop_update, dynamic=False)
-
-
-def compiled_update(tensors: GroupTensors, hp: Hyperparameters) -> None:
-    """``for_loop_update`` compiled by Inductor, once per process and set of shapes.
-
-    A Python-float lr would be baked into the compiled code and recompile at every change of a
-    schedule; as a 0-d tensor it is an input instead.
-    """
-    if not isinstance(hp.lr, torch.Tensor):
-        hp = hp._replace(lr=torch.tensor(hp.lr, dtype=torch.float64))
-    _compiled_for_loop()(tensors, hp)

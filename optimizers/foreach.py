@@ -1,12 +1,15 @@
 """The multi-tensor path: the update of ``reference.py`` as a short sequence of ``torch._foreach``
 calls over a whole (device, dtype) bucket. It is the default wherever the Triton kernel is not
-used, the CPU in particular.
+used, the CPU in particular. Compiled by Inductor (``compiled=True``), the same sequence becomes
+fused loops: the opt-in fast CPU path.
 
 Half-precision buckets are promoted to fp32 copies, updated, and written back, so that the math
 is fp32 as in the other paths.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor
@@ -24,8 +27,8 @@ def _add_scaled_(targets: list[Tensor], tensors: list[Tensor], scale: float | Te
 
 
 def _bias_corrections(steps: list[Tensor], alpha: float) -> list[float] | list[Tensor]:
-    """1 - alpha^t for each tensor: Python numbers for host-side steps, tensors on the device."""
-    if steps[0].device.type == "cpu":
+    """1 - alpha^t for each tensor: Python numbers for host-side steps (eager), else tensors."""
+    if steps[0].device.type == "cpu" and not torch.compiler.is_compiling():
         return [1 - alpha ** float(t) for t in steps]
     corrections = torch._foreach_pow(alpha, steps)
     torch._foreach_sub_(corrections, 1)
@@ -43,8 +46,6 @@ def foreach_update(tensors: GroupTensors, hp: Hyperparameters) -> None:
     """Update one (device, dtype) bucket in place; same rule as ``reference.update``."""
     torch._foreach_add_(tensors.steps, 1)
     lr, a, mu = hp.lr, hp.alpha, hp.momentum
-    if isinstance(lr, Tensor) and lr.device.type == "cpu":
-        lr = lr.item()  # a host value: no device synchronisation
     params = _promoted(tensors.params)
     square_avgs = _promoted(tensors.square_avgs)
     grad_avgs = _promoted(tensors.grad_avgs) if hp.centered else []
@@ -121,3 +122,19 @@ def foreach_update(tensors: GroupTensors, hp: Hyperparameters) -> None:
     ):
         if promoted is not original and promoted:
             torch._foreach_copy_(original, promoted)
+
+
+@functools.cache
+def _compiled_foreach_update():
+    return torch.compile(foreach_update, dynamic=False)
+
+
+def compiled_update(tensors: GroupTensors, hp: Hyperparameters) -> None:
+    """``foreach_update`` compiled by Inductor, once per process and set of shapes.
+
+    A Python-float lr would be baked into the compiled code and recompile at every change of a
+    schedule; as a 0-d tensor it is an input instead.
+    """
+    if not isinstance(hp.lr, Tensor):
+        hp = hp._replace(lr=torch.tensor(hp.lr, dtype=compute_dtype(tensors.params[0].dtype)))
+    _compiled_foreach_update()(tensors, hp)

@@ -27,6 +27,9 @@ class GroupTensors:
 
     def split_by_device_and_dtype(self) -> dict[tuple[torch.device, torch.dtype], GroupTensors]:
         """Buckets that a single foreach call or kernel launch can take."""
+        kinds = {(p.device, p.dtype) for p in self.params}
+        if len(kinds) == 1:  # the common case: no copying
+            return {kinds.pop(): self}
         buckets: dict[tuple[torch.device, torch.dtype], GroupTensors] = {}
         for i, p in enumerate(self.params):
             bucket = buckets.setdefault((p.device, p.dtype), GroupTensors())

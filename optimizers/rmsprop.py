@@ -6,8 +6,9 @@ update rule is written out in ``optimizers/reference.py``; three implementations
 
 * the Triton kernel (``fused=None`` on CUDA, or ``fused=True``): one launch per (device, dtype);
 * the foreach path (the default elsewhere): a few ``torch._foreach`` calls per bucket;
-* the per-tensor path (``foreach=False``, ``differentiable=True``), also compiled by Inductor when
-  ``compiled=True`` (an opt-in fast CPU path with a one-time compile cost).
+* the per-tensor path (``foreach=False``, ``differentiable=True``);
+* the foreach path compiled by Inductor (``compiled=True``): an opt-in fast CPU path with a
+  one-time compile cost.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .for_loop import compiled_update, for_loop_update
-from .foreach import foreach_update
+from .for_loop import for_loop_update
+from .foreach import compiled_update, foreach_update
 from .group import GroupTensors, hyperparameters
 
 # Keyword-only extras beyond torch's arguments, with their "off" values. Loading a state dict
@@ -122,7 +123,7 @@ class RMSprop(Optimizer):
         bias_correction: divide v and m by 1 - alpha^t (needs initial_square_avg 0).
         fused: None: the Triton kernel on CUDA, the foreach path elsewhere; True: the kernel or an
             error; False: never the kernel.
-        compiled: run the per-tensor update through torch.compile (fast on CPU; compiles once).
+        compiled: run the foreach update through torch.compile (fast on CPU; compiles once).
         state_dtype: dtype of square_avg, grad_avg and momentum_buffer (e.g. float32 for bf16
             params); None keeps the param's dtype as torch does. The math is always fp32 or wider.
     """
@@ -218,45 +219,59 @@ class RMSprop(Optimizer):
             return True
         return device.type == "cuda" and triton_available()
 
+    def _init_state(self, p: Tensor, group: dict[str, Any], step_on_device: bool) -> dict:
+        dtype = group["state_dtype"] or p.dtype
+        state = self.state[p]
+        state["step"] = torch.zeros((), dtype=torch.float32,
+                                    device=p.device if step_on_device else "cpu")
+        state["square_avg"] = torch.full_like(p, group["initial_square_avg"], dtype=dtype,
+                                              memory_format=torch.preserve_format)
+        if group["momentum"] > 0:
+            state["momentum_buffer"] = torch.zeros_like(p, dtype=dtype,
+                                                        memory_format=torch.preserve_format)
+        if group["centered"]:
+            state["grad_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        return state
+
     def _init_group(self, group: dict[str, Any]) -> GroupTensors:
+        """The group's params that have a gradient, with their state (created on first use).
+
+        The kernel and capturable steps keep ``step`` on the param's device (as torch's fused
+        optimizers do); the other paths keep it on the host.
+        """
         tensors = GroupTensors()
+        centered, has_momentum = group["centered"], group["momentum"] > 0
+        step_on_device: dict[torch.device, bool] = {}
         for p in group["params"]:
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            if p.grad.is_sparse:
+            if grad.is_sparse:
                 raise RuntimeError("RMSprop does not support sparse gradients")
-            if torch.is_complex(p):
+            if p.is_complex():
                 raise RuntimeError("RMSprop: complex parameters are not supported; "
                                    "optimise torch.view_as_real(param) instead")
-            state = self.state[p]
-            on_device = group["capturable"] or self._uses_kernel(group, p.device)
-            if len(state) == 0:
-                dtype = group["state_dtype"] or p.dtype
-                state["step"] = torch.zeros((), dtype=torch.float32,
-                                            device=p.device if on_device else "cpu")
-                state["square_avg"] = torch.full_like(
-                    p, group["initial_square_avg"], dtype=dtype,
-                    memory_format=torch.preserve_format)
-                if group["momentum"] > 0:
-                    state["momentum_buffer"] = torch.zeros_like(
-                        p, dtype=dtype, memory_format=torch.preserve_format)
-                if group["centered"]:
-                    state["grad_avg"] = torch.zeros_like(
-                        p, dtype=dtype, memory_format=torch.preserve_format)
-            elif on_device and state["step"].device != p.device:
+            if p.device not in step_on_device:
+                step_on_device[p.device] = group["capturable"] or self._uses_kernel(group, p.device)
+            state = self.state.get(p)
+            if not state:
+                state = self._init_state(p, group, step_on_device[p.device])
+            elif step_on_device[p.device] and state["step"].device != p.device:
                 state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
             tensors.params.append(p)
-            tensors.grads.append(p.grad)
+            tensors.grads.append(grad)
             tensors.square_avgs.append(state["square_avg"])
             tensors.steps.append(state["step"])
-            if group["momentum"] > 0:
+            if has_momentum:
                 tensors.momentum_buffers.append(state["momentum_buffer"])
-            if group["centered"]:
+            if centered:
                 tensors.grad_avgs.append(state["grad_avg"])
         return tensors
 
     def _update_bucket(self, group: dict[str, Any], index: int, key: tuple, tensors: GroupTensors) -> None:
         hp = hyperparameters(group)
+        if isinstance(hp.lr, Tensor) and hp.lr.device.type == "cpu" and not group["compiled"]:
+            hp = hp._replace(lr=hp.lr.item())  # a host value: no device synchronisation
         device = tensors.params[0].device
         if self._uses_kernel(group, device):
             from . import triton_kernel  # imports Triton: only where the kernel runs

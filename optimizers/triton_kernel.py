@@ -229,8 +229,6 @@ def kernel_update(tensors: GroupTensors, hp: Hyperparameters, tables: LaunchTabl
     """Advance the step counters and launch the kernel once for the whole bucket."""
     torch._foreach_add_(tensors.steps, 1)
     lr = hp.lr
-    if isinstance(lr, Tensor) and lr.device.type == "cpu":
-        lr = lr.item()  # a host value: no device synchronisation
     lr_is_tensor = isinstance(lr, Tensor)
     weight_decay_mode = 0 if not hp.weight_decay else (2 if hp.decoupled_weight_decay else 1)
     n_blocks = tables.block_table.shape[0]
