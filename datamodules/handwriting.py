@@ -25,7 +25,7 @@ import hashlib
 import math
 import os
 import random
-import re
+import shutil
 import string
 import warnings
 import xml.etree.ElementTree as ET
@@ -99,11 +99,6 @@ def points_to_offsets(points: np.ndarray) -> np.ndarray:
     return np.concatenate([np.diff(points[:, :2], axis=0), points[1:, 2:]], axis=1)
 
 
-def offsets_to_points(offsets: np.ndarray) -> np.ndarray:
-    """Inverse of points_to_offsets up to the first point: cumulative pen positions + pen lifts."""
-    return np.concatenate([np.cumsum(offsets[:, :2], axis=0), offsets[:, 2:]], axis=1)
-
-
 @dataclass
 class HandwritingLine:
     line_id: str        # e.g. a01-000u-01
@@ -115,7 +110,8 @@ def form_id(line_id: str) -> str:
     return line_id.rsplit("-", 1)[0]
 
 
-def read_iam_folder(root: Path, max_jump: float, max_line_points: int) -> tuple[list[HandwritingLine], dict[str, int]]:
+def read_iam_folder(root: Path, max_jump: float,
+                    max_line_points: int) -> tuple[list[HandwritingLine], dict[str, int]]:
     """Every usable line under ``root``: parsed, joined with its transcription, filtered.
 
     A file that cannot be parsed or has no transcription is reported with its path and skipped.
@@ -303,7 +299,8 @@ class HandwritingDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         line = self.lines[index]
-        return torch.from_numpy(normalise(line.offsets, self.mean, self.std)), encode_text(line.text)
+        offsets = normalise(line.offsets, self.mean, self.std)
+        return torch.from_numpy(offsets), encode_text(line.text)
 
 
 def normalise(offsets: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -379,7 +376,8 @@ class HandwritingDataModule(pl.LightningDataModule):
             raise ValueError("HandwritingDataModule: max_jump must be > 0 and max_line_points >= 2,"
                              f" got {max_jump} and {max_line_points}")
         if not 0 < val_fraction < 1:
-            raise ValueError(f"HandwritingDataModule: val_fraction must be in (0, 1), got {val_fraction}")
+            raise ValueError("HandwritingDataModule: val_fraction must be in (0, 1), "
+                             f"got {val_fraction}")
         if dataset == "iam":
             if root is None:
                 raise ValueError("HandwritingDataModule: dataset='iam' needs root=<folder with "
@@ -409,14 +407,21 @@ class HandwritingDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         h = self.hparams
         if h.dataset == "hershey" and not (self.root / "trainset.txt").is_file():
-            write_hershey_dataset(self.root, h.hershey_lines, h.hershey_val_lines,
+            # Written aside and renamed into place, so concurrent processes never read half of it.
+            partial = self.root.parent / f"{self.root.name}.partial-{os.getpid()}"
+            write_hershey_dataset(partial, h.hershey_lines, h.hershey_val_lines,
                                   h.hershey_max_chars, h.seed, h.hershey_font)
+            try:
+                partial.replace(self.root)
+            except OSError:  # another process got there first
+                shutil.rmtree(partial)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         self.prepare_data()  # idempotent; makes setup() alone enough outside a Trainer
-        lines, counts = read_iam_folder(self.root, self.hparams.max_jump, self.hparams.max_line_points)
+        h = self.hparams
+        lines, counts = read_iam_folder(self.root, h.max_jump, h.max_line_points)
         if not lines:
             raise RuntimeError(f"HandwritingDataModule: no usable handwriting lines under "
                                f"{self.root} (skipped: {counts}); expected lineStrokes/**/*.xml "
@@ -431,11 +436,13 @@ class HandwritingDataModule(pl.LightningDataModule):
         self.val_set = HandwritingDataset(val, self.offset_mean, self.offset_std)
         self.summary = {"train_lines": len(train), "val_lines": len(val), **counts}
 
-    def _split(self, lines: list[HandwritingLine]) -> tuple[list[HandwritingLine], list[HandwritingLine]]:
+    def _split(self, lines: list[HandwritingLine],
+               ) -> tuple[list[HandwritingLine], list[HandwritingLine]]:
         lists = read_split_lists(self.root)
         validation = [name for name in VALIDATION_FILES if name in lists]
         if "trainset.txt" in lists and validation:
-            smaller = min(validation, key=lambda n: sum(in_list(l.line_id, lists[n]) for l in lines))
+            smaller = min(validation,
+                          key=lambda n: sum(in_list(line.line_id, lists[n]) for line in lines))
             val = [line for line in lines if in_list(line.line_id, lists[smaller])]
             train = [line for line in lines if not in_list(line.line_id, lists[smaller])
                      and any(in_list(line.line_id, ids) for ids in lists.values())]

@@ -4,7 +4,8 @@ prediction and synthesis on IAM-OnDB (arXiv:1308.0850), trained with the paper's
     repro fit -c configs/handwriting/prediction_smoke.yaml      # Hershey stand-in, CPU, minutes
     repro fit -c configs/handwriting/synthesis_smoke.yaml
     repro fit -c configs/handwriting/synthesis_iam.yaml --data.init_args.root /data/iam-ondb
-    python -m reproductions.handwriting write --checkpoint last.ckpt --text "hello" --bias 1 --out hello.svg
+    python -m reproductions.handwriting write --checkpoint last.ckpt --text "hello" --bias 1 \
+        --out hello.svg
 
 Prediction (Sec. 4): a skip-connected stacked LSTM reads pen offsets x_t = (dx, dy, end_of_stroke)
 and emits y_t, the parameters of a mixture of M bivariate Gaussians for the next offset plus a
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -65,7 +66,7 @@ RHO_LIMIT = 1.0 - 1e-6
 
 
 class Mixture(NamedTuple):
-    """Graves 2013 eq. 18-22, from the raw outputs y_hat = (e_hat, pi_hat, mu, sigma_hat, rho_hat)."""
+    """The mixture of Graves 2013 eq. 18-22, split from y_hat = (e_hat, pi_hat, mu, sigma_hat, rho_hat)."""
     end_logit: Tensor   # e_hat, (...,); e = 1 / (1 + exp(e_hat)) (eq. 18)
     pi_logits: Tensor   # pi_hat, (..., M); pi = softmax(pi_hat) (eq. 19)
     mu: Tensor          # (..., M, 2) (eq. 20)
@@ -114,7 +115,7 @@ def sample_mixture(y_hat: Tensor, num_mixtures: int, bias: float = 0.0,
     mix = split_mixture(y_hat, num_mixtures)
     pi = torch.softmax(mix.pi_logits * (1 + bias), dim=-1)
     component = torch.multinomial(pi, 1, generator=generator).squeeze(-1)
-    rows = torch.arange(len(component))
+    rows = torch.arange(len(component), device=y_hat.device)
     mu, sigma = mix.mu[rows, component], (mix.sigma_hat[rows, component] - bias).exp()
     rho = mix.rho[rows, component]
     n1, n2 = torch.randn(2, len(component), generator=generator, device=y_hat.device)
@@ -195,7 +196,8 @@ class PicturesMixin:
 
     def should_draw(self) -> bool:
         every = self.hparams.picture_every_n_epochs
-        last = self.trainer.max_epochs is not None and self.current_epoch + 1 >= self.trainer.max_epochs
+        max_epochs = self.trainer.max_epochs
+        last = max_epochs is not None and self.current_epoch + 1 >= max_epochs
         return (not self.trainer.sanity_checking and every > 0
                 and ((self.current_epoch + 1) % every == 0 or last))
 
@@ -256,7 +258,7 @@ class HandwritingBase(PicturesMixin, pl.LightningModule):
 
 
 class HandwritingPrediction(HandwritingBase):
-    """Graves 2013 Sec. 4: unconditional handwriting, a skip-connected LSTM + mixture density output."""
+    """Graves 2013 Sec. 4: unconditional handwriting, skip-connected LSTM + mixture density."""
 
     def __init__(
         self,
@@ -288,7 +290,8 @@ class HandwritingPrediction(HandwritingBase):
     def batch_nll(self, batch: dict[str, Tensor]) -> Tensor:
         self.sequences_in_batch = len(batch["inputs"])
         y_hat, _ = self(batch["inputs"])
-        return sequence_nll(y_hat, batch["targets"], batch["stroke_mask"], self.hparams.num_mixtures)
+        return sequence_nll(y_hat, batch["targets"], batch["stroke_mask"],
+                            self.hparams.num_mixtures)
 
     @torch.no_grad()
     def sample(self, num_samples: int, steps: int, bias: float = 0.0,
@@ -335,8 +338,8 @@ class HandwritingSynthesis(HandwritingBase):
         optimizer: OptimizerCallable = Graves,
         initial_steps_per_char: float = 20.0,
         picture_every_n_epochs: int = 1,
-        phrases: list[str] = ("hello world", "the house"),
-        biases: list[float] = (0.5, 2.0),
+        phrases: Sequence[str] = ("hello world", "the house"),
+        biases: Sequence[float] = (0.5, 2.0),
         max_steps_per_char: int = 40,
     ) -> None:
         super().__init__(num_mixtures, output_clip, lstm_clip, optimizer)
@@ -372,7 +375,8 @@ class HandwritingSynthesis(HandwritingBase):
         alpha, beta, kappa_step = self.window(h1).exp().chunk(3, dim=-1)
         kappa = kappa + kappa_step
         u = torch.arange(1, text.shape[1] + 2, device=h1.device, dtype=h1.dtype)
-        phi = (alpha[:, :, None] * torch.exp(-beta[:, :, None] * (kappa[:, :, None] - u) ** 2)).sum(1)
+        distance2 = (kappa[:, :, None] - u) ** 2                                  # (B, K, U+1)
+        phi = (alpha[:, :, None] * torch.exp(-beta[:, :, None] * distance2)).sum(1)
         weights = phi[:, :-1] * text_mask
         return torch.einsum("bu,bua->ba", weights, text), kappa, phi
 
@@ -404,7 +408,8 @@ class HandwritingSynthesis(HandwritingBase):
     def batch_nll(self, batch: dict[str, Tensor]) -> Tensor:
         self.sequences_in_batch = len(batch["inputs"])
         y_hat, _, _ = self(batch["inputs"], batch["text"], batch["text_mask"])
-        return sequence_nll(y_hat, batch["targets"], batch["stroke_mask"], self.hparams.num_mixtures)
+        return sequence_nll(y_hat, batch["targets"], batch["stroke_mask"],
+                            self.hparams.num_mixtures)
 
     @torch.no_grad()
     def write(self, text: str, bias: float = 0.0, generator: torch.Generator | None = None,
@@ -430,7 +435,8 @@ class HandwritingSynthesis(HandwritingBase):
         if not self.should_draw():
             return
         generator = torch.Generator(self.device).manual_seed(0)
-        lines = [(self.denormalise(self.write(phrase, bias, generator)[0]), f"bias {bias}: {phrase!r}")
+        lines = [(self.denormalise(self.write(phrase, bias, generator)[0]),
+                  f"bias {bias}: {phrase!r}")
                  for bias in self.hparams.biases for phrase in self.hparams.phrases]
         self.publish("synthesis", figure_of_lines(lines))
         self.publish("window", self.window_figure())
@@ -470,6 +476,11 @@ def write_command(argv: list[str] | None = None) -> Path:
         parser.error(f"--checkpoint {args.checkpoint} does not exist")
     if args.bias < 0:
         parser.error(f"--bias must be >= 0, got {args.bias}")
+    hyperparameters = torch.load(args.checkpoint, map_location="cpu",
+                                 weights_only=False).get("hyper_parameters", {})
+    if "window_gaussians" not in hyperparameters:
+        parser.error(f"--checkpoint {args.checkpoint} is not a HandwritingSynthesis checkpoint "
+                     "(only the synthesis network reads text)")
     model = HandwritingSynthesis.load_from_checkpoint(args.checkpoint, map_location="cpu")
     model.eval()
     offsets, _ = model.write(args.text, args.bias, torch.Generator().manual_seed(args.seed))
@@ -482,4 +493,7 @@ def write_command(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    write_command()
+    # Run the imported module's copy, so checkpoints resolve reproductions.handwriting's classes.
+    from reproductions.handwriting import write_command as main
+
+    main()

@@ -1,17 +1,17 @@
 """Graves 2013 handwriting: IAM-OnDB parsing, normalisation, the mixture density loss, the soft
-window, biased sampling, derivative clipping, configs against papers.md, and a tiny end-to-end fit."""
+window, biased sampling, derivative clipping, configs against papers.md, tiny end-to-end fits."""
 
 from __future__ import annotations
 
 import glob
 import math
 import re
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import wandb
 from torch import distributions as D
 
 from datamodules.handwriting import (
@@ -75,7 +75,7 @@ from nominating any more
 
 
 def write_iam_form(root: Path, form: str = "a01-000u", lines: int = 2, x0: int = 1073) -> None:
-    """One IAM-OnDB form: lineStrokes/a01/a01-000/a01-000u-0n.xml + ascii/a01/a01-000/a01-000u.txt."""
+    """An IAM-OnDB form: lineStrokes/a01/a01-000/a01-000u-0n.xml + ascii/a01/a01-000/a01-000u.txt"""
     folder = f"{form[:3]}/{form[:7]}"
     for n in range(1, lines + 1):
         path = root / "lineStrokes" / folder / f"{form}-{n:02d}.xml"
@@ -176,7 +176,8 @@ def test_alphabet_has_57_characters_and_maps_the_rest_to_non_letter():
 
 def test_one_component_loss_is_bivariate_gaussian_plus_bernoulli():
     torch.manual_seed(0)
-    y_hat = torch.randn(6, 7, dtype=torch.float64)  # M = 1: e_hat, pi_hat, mu(2), sigma_hat(2), rho_hat
+    # M = 1: e_hat, pi_hat, mu (2), sigma_hat (2), rho_hat
+    y_hat = torch.randn(6, 7, dtype=torch.float64)
     target = torch.cat([torch.randn(6, 2, dtype=torch.float64),
                         torch.tensor([0, 1, 0, 1, 1, 0.], dtype=torch.float64)[:, None]], dim=1)
     e_hat, _, mu1, mu2, s1, s2, rho_hat = y_hat.unbind(-1)
@@ -193,7 +194,7 @@ def test_mixture_loss_matches_torch_mixture_same_family():
     torch.manual_seed(1)
     m = 3
     y_hat = torch.randn(5, 1 + 6 * m, dtype=torch.float64)
-    target = torch.cat([torch.randn(5, 2, dtype=torch.float64), torch.ones(5, 1, dtype=torch.float64)], 1)
+    target = torch.cat([torch.randn(5, 2), torch.ones(5, 1)], 1).double()
     e_hat, pi_hat = y_hat[:, 0], y_hat[:, 1:1 + m]
     mu = y_hat[:, 1 + m:1 + 3 * m].reshape(5, m, 2)
     sigma = y_hat[:, 1 + 3 * m:1 + 5 * m].reshape(5, m, 2).exp()
@@ -216,6 +217,20 @@ def test_output_derivatives_are_clipped_per_sequence():
     (1e6 * y_hat.sum()).backward()
     assert seen[0].abs().max().item() == pytest.approx(100.0 / 4)
     assert all(p.grad is not None for p in model.lstm.parameters())
+
+
+def test_lstm_derivatives_are_clipped_per_sequence():
+    model = HandwritingPrediction(hidden_size=8, num_layers=2, num_mixtures=2)
+    model.sequences_in_batch = 4
+    hidden = []  # each layer's output sequence, hooked after the model's own clipping hook
+    for layer in model.lstm.layers:
+        layer.register_forward_hook(lambda module, args, out: hidden.append(out[0]))
+    features, _ = model.lstm(torch.randn(4, 9, 3))
+    seen = []
+    for h in hidden:
+        h.register_hook(seen.append)
+    (1e6 * features.sum()).backward()
+    assert [g.abs().max().item() for g in seen] == pytest.approx([10.0 / 4] * 2)
 
 
 # ----------------------------------------------------------------------------- window, sampling
@@ -271,7 +286,8 @@ def test_bias_shrinks_sigma_and_large_bias_is_near_deterministic():
         assert xy.std(0).tolist() == pytest.approx([expected_sigma] * 2, rel=0.05)
         assert torch.corrcoef(xy.T)[0, 1].item() == pytest.approx(0.5, abs=0.03)
     nearly = sample_mixture(y_hat[:100], m, bias=20.0)
-    torch.testing.assert_close(nearly[:, :2], torch.tensor([[-10.0, 4.0]]).expand(100, 2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(nearly[:, :2], torch.tensor([[-10.0, 4.0]]).expand(100, 2),
+                               atol=1e-6, rtol=0)
 
 
 # ----------------------------------------------------------------------------- configs
@@ -313,28 +329,47 @@ def test_paper_configs_match_papers_md(name, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- end to end
 
 
-def test_tiny_synthesis_fit_logs_nats_pictures_and_writes(tmp_path, monkeypatch):
+def tiny_fit(tmp_path: Path, config: str, *extra: str) -> Path:
+    """``repro fit`` of 2 steps on 24 Hershey lines; returns the offline W&B run folder."""
     from reproductions.cli import main
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.chdir(tmp_path)
-    main(args=["fit", "-c", str(REPO / "configs/handwriting/synthesis_smoke.yaml"),
-               "--data.init_args.root", str(tmp_path / "hershey"),
-               "--data.init_args.hershey_lines", "24", "--data.init_args.hershey_val_lines", "4",
-               "--data.init_args.batch_size", "8",
-               "--model.init_args.hidden_size", "8", "--model.init_args.num_mixtures", "2",
-               "--model.init_args.picture_every_n_epochs", "1",
-               "--model.init_args.max_steps_per_char", "3",
-               "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-               "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-               "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
-    wandb.finish()  # flush the offline run's record file before reading it back
-    run = next((tmp_path / "runs/wandb").glob("offline-run-*"))
-    for picture in ("synthesis", "window"):
+    cli = main(args=["fit", "-c", str(REPO / f"configs/handwriting/{config}.yaml"),
+                     "--data.init_args.root", str(tmp_path / "hershey"),
+                     "--data.init_args.hershey_lines", "24", "--data.init_args.hershey_val_lines", "4",
+                     "--data.init_args.batch_size", "8",
+                     "--model.init_args.hidden_size", "8", "--model.init_args.num_mixtures", "2",
+                     "--model.init_args.picture_every_n_epochs", "1", *extra,
+                     "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                     "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+                     "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
+    cli.trainer.logger.experiment.finish()  # flush the offline run's records before reading them
+    return next((tmp_path / "runs/wandb").glob("offline-run-*"))
+
+
+def assert_logged(run: Path, pictures: list[str]) -> None:
+    for picture in pictures:
         assert list((run / "files/pictures").glob(f"{picture}_step*.png"))
         assert list((run / "files/media/images/pictures").glob(f"{picture}_*.png"))
-    logged = (run / f"run-{run.name.rsplit('-', 1)[1]}.wandb").read_bytes()
-    assert b"val/nll_nats" in logged and b"train/nll_nats" in logged
+    records = run / f"run-{run.name.rsplit('-', 1)[1]}.wandb"
+    for _ in range(100):  # W&B's service process may still be writing the record file
+        if b"val/nll_nats" in records.read_bytes():
+            break
+        time.sleep(0.1)
+    assert b"val/nll_nats" in records.read_bytes() and b"train/nll_nats" in records.read_bytes()
+
+
+def test_tiny_prediction_fit_logs_nats_and_samples(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    run = tiny_fit(tmp_path, "prediction_smoke", "--model.init_args.sample_steps", "20")
+    assert_logged(run, ["unconditional"])
+
+
+def test_tiny_synthesis_fit_logs_nats_pictures_and_writes(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    run = tiny_fit(tmp_path, "synthesis_smoke", "--model.init_args.max_steps_per_char", "3")
+    assert_logged(run, ["synthesis", "window"])
     checkpoint = Path(glob.glob(str(tmp_path / "runs/**/*.ckpt"), recursive=True)[0])
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     dm = HandwritingDataModule(root=str(tmp_path / "hershey"))
@@ -345,3 +380,5 @@ def test_tiny_synthesis_fit_logs_nats_pictures_and_writes(tmp_path, monkeypatch)
     out = write_command(["write", "--checkpoint", str(checkpoint), "--text", "hi",
                          "--bias", "1", "--out", str(tmp_path / "hi.svg")])
     assert out.read_text().lstrip().startswith("<?xml") and "<svg" in out.read_text()
+    with pytest.raises(SystemExit):
+        write_command(["write", "--checkpoint", str(checkpoint), "--text", "hi", "--out", "hi.gif"])
