@@ -35,6 +35,7 @@ from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_info
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -435,6 +436,8 @@ class HandwritingDataModule(pl.LightningDataModule):
         self.train_set = HandwritingDataset(train, self.offset_mean, self.offset_std)
         self.val_set = HandwritingDataset(val, self.offset_mean, self.offset_std)
         self.summary = {"train_lines": len(train), "val_lines": len(val), **counts}
+        rank_zero_info(f"HandwritingDataModule ({h.dataset}) from {self.root}: {self.summary}; "
+                       f"offset mean {self.offset_mean.round(3)}, std {self.offset_std.round(3)}")
 
     def _split(self, lines: list[HandwritingLine],
                ) -> tuple[list[HandwritingLine], list[HandwritingLine]]:

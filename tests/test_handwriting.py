@@ -382,3 +382,57 @@ def test_tiny_synthesis_fit_logs_nats_pictures_and_writes(tmp_path, monkeypatch)
     assert out.read_text().lstrip().startswith("<?xml") and "<svg" in out.read_text()
     with pytest.raises(SystemExit):
         write_command(["write", "--checkpoint", str(checkpoint), "--text", "hi", "--out", "hi.gif"])
+
+
+# ----------------------------------------------------------------------------- learning (slow)
+
+
+def smoke_fit(tmp_path: Path, config: str, epochs: int):
+    from reproductions.cli import main
+
+    cli = main(args=["fit", "-c", str(REPO / f"configs/handwriting/{config}.yaml"),
+                     "--data.init_args.root", str(tmp_path / "hershey"),
+                     "--model.init_args.picture_every_n_epochs", "0",
+                     "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
+                     "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
+    cli.trainer.logger.experiment.finish()
+    return cli
+
+
+def untrained_val_nll(model_class, trained, batch: dict) -> float:
+    torch.manual_seed(0)
+    fresh = model_class(**{k: v for k, v in trained.hparams.items() if not k.startswith("_")})
+    fresh.load_state_dict({**fresh.state_dict(), "offset_mean": trained.offset_mean,
+                           "offset_std": trained.offset_std})
+    with torch.no_grad():
+        return fresh.batch_nll(batch).mean().item()
+
+
+@pytest.mark.slow
+def test_prediction_smoke_learns(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    cli = smoke_fit(tmp_path, "prediction_smoke", epochs=4)
+    batch = collate_handwriting(list(cli.datamodule.val_set))
+    trained = cli.trainer.callback_metrics["val/nll_nats"].item()
+    assert trained < untrained_val_nll(HandwritingPrediction, cli.model, batch) - 100
+
+
+@pytest.mark.slow
+def test_synthesis_smoke_window_moves_along_the_text(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    cli = smoke_fit(tmp_path, "synthesis_smoke", epochs=4)
+    model = cli.model.eval()
+    batch = collate_handwriting(list(cli.datamodule.val_set))
+    assert cli.trainer.callback_metrics["val/nll_nats"].item() < untrained_val_nll(
+        HandwritingSynthesis, model, batch) - 100
+    with torch.no_grad():
+        _, phi, _ = model(batch["inputs"], batch["text"], batch["text_mask"])
+    last_step = batch["stroke_mask"].sum(1) - 1
+    chars = batch["text_mask"].sum(1)
+    rows = torch.arange(len(chars))
+    focus_first = phi[:, 0, :-1].argmax(-1)
+    focus_last = phi[rows, last_step, :-1].masked_fill(~batch["text_mask"], -1).argmax(-1)
+    assert (focus_first <= 1).float().mean() > 0.8          # starts at the first characters
+    assert (focus_last >= chars - 2).float().mean() > 0.8   # ends on the last characters
