@@ -164,7 +164,9 @@ def read_split_lists(root: Path) -> dict[str, set[str]]:
 
 
 def in_list(line_id: str, ids: set[str]) -> bool:
-    return line_id in ids or form_id(line_id) in ids
+    """Whether a task list names this line, its form (a01-000u) or its text (a01-000)."""
+    form = form_id(line_id)
+    return line_id in ids or form in ids or form.rstrip(string.ascii_lowercase) in ids
 
 
 # ----------------------------------------------------------------------------- Hershey stand-in

@@ -219,12 +219,12 @@ class HandwritingBase(PicturesMixin, pl.LightningModule):
         # datamodule in setup() and stored with every checkpoint as buffers.
         self.register_buffer("offset_mean", torch.zeros(2))
         self.register_buffer("offset_std", torch.ones(2))
-        self.sequences_in_batch = 1
+        self.sequences_in_batch = 1  # set by batch_nll; scales the clip bounds to one sequence
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
+        # Lightning runs the datamodule's setup() before this one, so its statistics are ready.
         if stage == "fit" and datamodule is not None and hasattr(datamodule, "offset_mean"):
-            datamodule.setup(stage)
             self.offset_mean.copy_(torch.as_tensor(datamodule.offset_mean))
             self.offset_std.copy_(torch.as_tensor(datamodule.offset_std))
 
@@ -248,10 +248,7 @@ class HandwritingBase(PicturesMixin, pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         nll = self.batch_nll(batch)
-        size = len(nll)
-        self.log("val/nll_nats", nll.mean(), prog_bar=True, batch_size=size)
-        steps = batch["stroke_mask"].sum().clamp(min=1)
-        self.log("val/nll_nats_per_step", nll.sum() / steps, batch_size=size)
+        self.log("val/nll_nats", nll.mean(), prog_bar=True, batch_size=len(nll))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer(self.parameters())
