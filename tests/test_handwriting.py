@@ -101,7 +101,7 @@ def test_parser_reads_real_iam_format(tmp_path):
 def test_datamodule_joins_lines_and_normalises_with_training_statistics(tmp_path):
     for i, form in enumerate(["a01-000u", "a01-001u", "a02-000u"]):
         write_iam_form(tmp_path, form, x0=1000 + 100 * i)
-    (tmp_path / "trainset.txt").write_text("a01-000u\na01-001u\n")
+    (tmp_path / "trainset.txt").write_text("a01-000u\na01-001\n")  # a form id and a text id
     (tmp_path / "testset_v.txt").write_text("a02-000u\n")
     dm = HandwritingDataModule(dataset="iam", root=str(tmp_path), max_jump=50.0)
     dm.setup("fit")
