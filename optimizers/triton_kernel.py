@@ -137,7 +137,8 @@ def rmsprop_kernel(
     """One program updates BLOCK elements of one tensor (block_table row = program id)."""
     program = tl.program_id(0)
     tensor = tl.load(block_table + 2 * program)
-    start = tl.load(block_table + 2 * program + 1)
+    # Blocks start at multiples of BLOCK: with aligned addresses, whole blocks vectorise.
+    start = tl.multiple_of(tl.load(block_table + 2 * program + 1), BLOCK)
     row = tensor_table + tensor * 7
     numel = tl.load(row + 6)
     offsets = start + tl.arange(0, BLOCK)
