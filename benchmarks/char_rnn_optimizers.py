@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,13 +62,13 @@ def run(optimizer: Callable, seed: int, args: argparse.Namespace) -> tuple[list,
     pl.seed_everything(seed, verbose=False)
     data = TextDataModule(corpus="stdlib", max_bytes=args.max_bytes, batch_size=32, seq_len=100,
                           reset_every=100)
-    model = CharRNN(hidden_size=96, num_layers=2, optimizer=optimizer, sample_length=1)
+    model = CharRNN(hidden_size=96, num_layers=2, optimizer=optimizer, sample_length=0)
     curve = ValidationCurve()
     trainer = pl.Trainer(max_steps=args.steps, val_check_interval=args.every,
                          check_val_every_n_epoch=None, limit_val_batches=args.val_batches,
                          num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[curve], default_root_dir=tempfile.mkdtemp())
+                         callbacks=[curve])
     start = time.perf_counter()
     trainer.fit(model, data)
     return curve.points, time.perf_counter() - start
@@ -104,7 +103,9 @@ def main() -> None:
         f"100 windows, per-sequence loss, element-wise clipping at 1; {args.steps} steps; "
         f"validation on the first {args.val_batches * 32 * 100:,} validation symbols; "
         f"seeds {args.seeds}; `{args.max_bytes:,}` bytes of the standard library. "
-        f"Produced by `benchmarks/char_rnn_optimizers.py` (OMP_NUM_THREADS=1, CPU).",
+        f"Produced by `benchmarks/char_rnn_optimizers.py` (OMP_NUM_THREADS=1, CPU). "
+        "Wall time per run includes validation and reflects a shared machine's load more than "
+        "the optimizers' cost.",
         "",
         "| optimizer | " + " | ".join(f"step {s}" for s in steps) + " | s / run |",
         "|---|" + "---|" * (len(steps) + 1),

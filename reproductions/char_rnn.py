@@ -73,7 +73,8 @@ class CharRNN(pl.LightningModule):
         output_grad_clip: clip the derivatives of the output pre-activations to this range.
         dynamic_eval_lr: SGD learning rate of dynamic evaluation; None evaluates statically.
         sample_length, sample_temperature, sample_prime: the text sampled at every validation
-            during training (logged as a W&B table and to ``samples.txt`` in the run folder).
+            during training (logged as a W&B table and to ``samples.txt`` in the run folder);
+            ``sample_length: 0`` logs none.
     """
 
     def __init__(
@@ -93,10 +94,11 @@ class CharRNN(pl.LightningModule):
         sample_prime: str = "",
     ) -> None:
         super().__init__()
-        for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers),
-                            ("embedding_dim", embedding_dim), ("sample_length", sample_length)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"CharRNN: {name} must be an integer >= 1, got {value!r}")
+        for name, value, least in (("hidden_size", hidden_size, 1), ("num_layers", num_layers, 1),
+                                   ("embedding_dim", embedding_dim, 1),
+                                   ("sample_length", sample_length, 0)):
+            if not isinstance(value, int) or value < least:
+                raise ValueError(f"CharRNN: {name} must be an integer >= {least}, got {value!r}")
         if input_encoding not in ("one_hot", "embedding"):
             raise ValueError("CharRNN: input_encoding must be 'one_hot' or 'embedding', got "
                              f"{input_encoding!r}")
@@ -179,6 +181,12 @@ class CharRNN(pl.LightningModule):
             raise RuntimeError("CharRNN needs a datamodule with a `vocabulary` (TextDataModule)")
         if self.vocabulary is None:
             self.configure_vocabulary(vocabulary)
+        elif stage == "fit":
+            self.configure_vocabulary(vocabulary)  # an error if the data's symbols differ
+        elif vocabulary is not None and vocabulary != self.vocabulary:
+            # Evaluating a trained model on other text: read it in the model's symbols, so the
+            # datamodule counts those it lacks as <unk>.
+            datamodule.vocabulary = self.vocabulary
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer(self.parameters())
@@ -277,7 +285,8 @@ class CharRNN(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._evaluation_end("val")
-        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking \
+                and self.hparams.sample_length > 0:
             self._log_sample()
 
     def on_test_epoch_end(self) -> None:

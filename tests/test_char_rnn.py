@@ -393,7 +393,8 @@ def test_repro_fit_logs_bpc_and_samples_then_samples_from_checkpoint(monkeypatch
                "--model.hidden_size", "16", "--model.sample_length", "40"])
     import wandb
 
-    wandb.finish()  # the offline run writes its summary when it ends
+    wandb.finish()
+    wandb.teardown()  # stops W&B's service, which flushes the offline run file to disk
     runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     files = runs[0] / "files"
@@ -435,3 +436,14 @@ def test_repro_fit_logs_bpc_and_samples_then_samples_from_checkpoint(monkeypatch
     with pytest.raises(SystemExit):
         char_rnn_main(["sample", "--checkpoint", str(checkpoint), "--temperature", "0"])
     assert "--temperature must be > 0" in capsys.readouterr().err
+
+
+def test_trained_model_evaluates_other_text_in_its_own_symbols(tmp_path):
+    model = tiny_model(Vocabulary.from_text("abc "))
+    text = "abcXYZ " * 40  # validation (the last 28 characters) holds 4 of each of X, Y, Z
+    data = TextDataModule("text", str(write_text(tmp_path, text)), batch_size=2, seq_len=5,
+                          val_fraction=0.1, test_fraction=0.0)
+    with pytest.warns(UserWarning, match="12 of 28 symbols"):
+        result = quiet_trainer().validate(model, data, verbose=False)[0]
+    assert data.vocabulary == model.vocabulary
+    assert result["val/unknown_symbols"] == 12
