@@ -114,8 +114,12 @@ class CharRNN(pl.LightningModule):
                             ("sample_temperature", sample_temperature)):
             if value is not None and not value > 0:
                 raise ValueError(f"CharRNN: {name} must be > 0, got {value!r}")
-        self.save_hyperparameters(ignore=["optimizer"])
+        # dynamic_eval_lr is an evaluation setting, not part of the trained model: kept out of the
+        # hyperparameters, since LightningCLI lets a checkpoint's hyperparameters override the
+        # command line (`repro test --ckpt_path ... --model.dynamic_eval_lr ...` must take it).
+        self.save_hyperparameters(ignore=["optimizer", "dynamic_eval_lr"])
         self.optimizer = optimizer
+        self.dynamic_eval_lr = dynamic_eval_lr
         self.vocabulary: Vocabulary | None = None  # set from the data or a checkpoint
         self.bpc = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
         self._state: dict[str, LSTMState | None] = {}
@@ -231,7 +235,7 @@ class CharRNN(pl.LightningModule):
                                 gradient_clip_algorithm=algorithm)
 
     def _dynamic(self) -> bool:
-        return self.hparams.dynamic_eval_lr is not None and not self.trainer.training \
+        return self.dynamic_eval_lr is not None and not self.trainer.training \
             and self.trainer.state.fn != "fit"
 
     def _evaluation_step(self, batch: dict[str, Any], stage: str) -> None:
@@ -258,7 +262,7 @@ class CharRNN(pl.LightningModule):
         if self._dynamic():
             self._weights_before_dynamic_eval = copy.deepcopy(self.state_dict())
             self._dynamic_optimizer = torch.optim.SGD(self.parameters(),
-                                                      lr=self.hparams.dynamic_eval_lr)
+                                                      lr=self.dynamic_eval_lr)
 
     def _evaluation_end(self, stage: str) -> None:
         name = f"{stage}/bpc_dynamic" if self._dynamic() else f"{stage}/bpc"
@@ -378,7 +382,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--temperature must be > 0, got {args.temperature}")
     if args.length < 0:
         parser.error(f"--length must be >= 0, got {args.length}")
-    model = CharRNN.load_from_checkpoint(args.checkpoint, map_location=args.device)
+    # The class as imported by its package name (not ``__main__``), which Lightning requires of
+    # the class a checkpoint names.
+    from reproductions.char_rnn import CharRNN as Model
+
+    model = Model.load_from_checkpoint(args.checkpoint, map_location=args.device)
     generator = torch.Generator()
     if args.seed is not None:
         generator.manual_seed(args.seed)

@@ -431,6 +431,18 @@ def test_repro_fit_logs_bpc_and_samples_then_samples_from_checkpoint(monkeypatch
             logits, state = model(torch.tensor([[greedy[-1]]]), state)
     assert printed == "def " + vocabulary.decode(greedy) + "\n"
 
+    # Dynamic evaluation from the command line: an evaluation setting that the checkpoint's
+    # hyperparameters (which LightningCLI applies over the command line) must not override.
+    evaluation = ["-c", str(CONFIGS / "smoke.yaml"), "--ckpt_path", str(checkpoint),
+                  "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                  "--data.max_bytes", "60000", "--data.batch_size", "4", "--data.seq_len", "20",
+                  "--trainer.limit_val_batches", "2"]
+    static = main(args=["validate", *evaluation]).trainer.callback_metrics
+    dynamic = main(args=["validate", *evaluation, "--model.dynamic_eval_lr", "0.01"])
+    assert static["val/bpc"] == pytest.approx(val_bpc[-1], rel=1e-5)
+    assert "val/bpc_dynamic" in dynamic.trainer.callback_metrics
+    assert dynamic.model.dynamic_eval_lr == 0.01
+
     with pytest.raises(SystemExit):
         char_rnn_main(["sample", "--checkpoint", str(tmp_path / "nope.ckpt")])
     with pytest.raises(SystemExit):
