@@ -232,8 +232,11 @@ def stdlib_files() -> list[Path]:
         subdirs[:] = [d for d in subdirs if d not in ("site-packages", "dist-packages",
                                                       "__pycache__")]
         files += [Path(directory, n) for n in names if n.endswith(".py")]
-    key = lambda p: (zlib.crc32(p.relative_to(root).as_posix().encode()), p.as_posix())  # noqa: E731
-    return sorted(files, key=key)
+    def by_hash(file: Path) -> tuple[int, str]:
+        relative = file.relative_to(root).as_posix()
+        return zlib.crc32(relative.encode()), relative
+
+    return sorted(files, key=by_hash)
 
 
 def read_stdlib(max_bytes: int | None) -> str:
