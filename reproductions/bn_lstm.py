@@ -14,14 +14,16 @@ The input-to-hidden and hidden-to-hidden terms are normalised separately and car
 their own (b already is one); the cell update (7) is not normalised. Each time step keeps its own
 population statistics (Sec. 4); gamma and beta are shared over time. Training normalises with the
 statistics of the batch at that step, evaluation with step t's population statistics, and steps
-beyond T_max (the training length) reuse step T_max's. gamma starts at 0.1: with gamma 1.0 the
-tanh and sigmoid saturate and the gradient vanishes through time (Sec. 4, Fig. 1;
-``benchmarks/bn_lstm_gradient_flow.py``).
+beyond T_max (the training length) reuse step T_max's. gamma starts at 0.1 (Sec. 4: with gamma
+1.0 tanh saturates and the gradient vanishes through time, Fig. 1). Our measurement
+(``benchmarks/bn_lstm_gradient_flow.py``) reproduces that for a batch-normalised tanh RNN; for this
+untrained BN-LSTM it finds the opposite ordering, gamma 0.1 vanishing faster than 1.0.
 
 Speed: the input-to-hidden term and its normalisation do not depend on h, so they are computed for
-all time steps at once (per-step statistics are reductions over the batch axis only). What is left
-in the Python loop is one fused step, ``torch.compile``d by default (Inductor, CPU or GPU), and the
-population statistics are updated once per sequence, not once per step.
+all time steps at once (per-step statistics are reductions over the batch axis only); what is
+left in the Python loop is one step of native kernels (``F.batch_norm`` updates step t's population
+statistics in place). ``compile=True`` runs the step through ``torch.compile``; on CPU it is no
+faster at these sizes (``benchmarks/results/bn_lstm_speed.md``), so it is off by default.
 """
 
 from __future__ import annotations
