@@ -50,7 +50,9 @@ class StepwiseBatchNorm(nn.Module):
     ``running_var[t]`` are step t's population statistics, kept for t < t_max and reused from
     step t_max - 1 beyond it. ``shift=False`` gives BN(x; gamma, 0), with no beta at all. The
     normalisation itself is ``F.batch_norm`` (one native kernel, cuDNN on GPU) on a row view of
-    the buffers, which it updates in place as ``nn.BatchNorm1d`` does (unbiased variance).
+    the buffers, which it updates in place as ``nn.BatchNorm1d`` does (unbiased variance): whole
+    sequences through ``forward_sequence``, one step at a time through ``bn_lstm_step`` with
+    ``statistics(t)``.
     """
 
     def __init__(self, num_features: int, t_max: int, gamma_init: float = 0.1, shift: bool = True,
@@ -74,12 +76,6 @@ class StepwiseBatchNorm(nn.Module):
         if self.training:
             return None, None
         return self.running_mean[-1], self.running_var[-1]
-
-    def forward(self, x: Tensor, t: int) -> Tensor:
-        """Normalise x (batch, features), the batch at time step t."""
-        mean, var = self.statistics(t)
-        return F.batch_norm(x, mean, var, self.weight, self.bias, self.training, self.momentum,
-                            self.eps)
 
     def forward_sequence(self, x: Tensor) -> Tensor:
         """Normalise x (batch, time, features) with each step's own statistics, all steps at once.
