@@ -5,15 +5,16 @@
 
 Both models are ``reproductions.bn_lstm.SequentialClassifier`` on the same batch: the baseline's
 recurrence is ``nn.LSTM`` (one fused C++/cuDNN loop), the BN-LSTM's a Python loop over one step,
-eager or ``torch.compile``d. The ratio BN-LSTM / LSTM is printed for each.
+eager or ``torch.compile``d. Repeats are interleaved and the fastest is kept, so that the load of
+a shared machine does not favour one variant; the ratio BN-LSTM / LSTM is printed for each.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,30 +22,22 @@ import torch.nn.functional as F
 from reproductions.bn_lstm import SequentialClassifier
 
 
-def time_training_step(model: SequentialClassifier, x: torch.Tensor, y: torch.Tensor,
-                       warmup: int, repeats: int) -> tuple[float, float]:
-    """Median seconds of one training step after ``warmup`` untimed ones, and the first step's."""
+def training_step(model: SequentialClassifier, x: torch.Tensor,
+                  y: torch.Tensor) -> Callable[[], float]:
+    """A function that runs one training step of ``model`` and returns its seconds."""
     optimizer = model.configure_optimizers()
     model.train()
 
-    def step() -> None:
+    def step() -> float:
+        start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
         if x.is_cuda:
             torch.cuda.synchronize()
+        return time.perf_counter() - start
 
-    start = time.perf_counter()
-    step()
-    first = time.perf_counter() - start
-    for _ in range(warmup - 1):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), first
+    return step
 
 
 def main() -> None:
@@ -69,15 +62,26 @@ def main() -> None:
     print(f"# One training step, batch {args.batch}, {args.steps} steps x {args.input_size} "
           f"inputs, {args.hidden} units, device {args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print(f"| model | median step (s) | first step (s) | ratio to nn.LSTM |")
-    print(f"|---|---|---|---|")
-    baseline = None
+    print("| model | fastest step (s) | first step (s) | ratio to nn.LSTM |")
+    print("|---|---|---|---|")
+    steps, first = {}, {}
     for name, kwargs in variants.items():
         model = SequentialClassifier(input_size=args.input_size, hidden_size=args.hidden,
                                      t_max=args.steps, **kwargs).to(args.device)
-        median, first = time_training_step(model, x, y, args.warmup, args.repeats)
-        baseline = baseline or median
-        print(f"| {name} | {median:.3f} | {first:.2f} | {median / baseline:.2f} |", flush=True)
+        steps[name] = training_step(model, x, y)
+        first[name] = steps[name]()  # includes torch.compile's compilation
+        for _ in range(args.warmup - 1):
+            steps[name]()
+    # Interleaved repeats, fastest kept: a shared machine's load hits every variant alike.
+    times = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            times[name].append(step())
+    fastest = {name: min(seconds) for name, seconds in times.items()}
+    baseline = fastest["lstm (nn.LSTM)"]
+    for name in variants:
+        print(f"| {name} | {fastest[name]:.3f} | {first[name]:.2f} | "
+              f"{fastest[name] / baseline:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

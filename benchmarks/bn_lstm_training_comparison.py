@@ -62,8 +62,8 @@ def main() -> None:
     args = parser.parse_args()
 
     RESULTS.mkdir(exist_ok=True)
-    task = f"{'permuted' if args.permuted else 'sequential'} mnist5k, {784 // args.pixels_per_step} " \
-           f"steps of {args.pixels_per_step} pixels"
+    order = "permuted" if args.permuted else "sequential"
+    task = f"{order} mnist5k, {784 // args.pixels_per_step} steps of {args.pixels_per_step} pixels"
     with tempfile.TemporaryDirectory() as log_dir:
         runs = {cell: train(cell, args, log_dir) for cell in ("lstm", "bn_lstm")}
 
@@ -84,7 +84,8 @@ def main() -> None:
         lines.append(f"| {step} | " + " | ".join(f"{run['curve'][index][1]:.3f}"
                                                 for run in runs.values()) + " |")
     lines += ["", "| model | test acc (500 digits) | wall time (s) |", "|---|---|---|"]
-    lines += [f"| {cell} | {run['test_acc']:.3f} | {run['seconds']:.0f} |" for cell, run in runs.items()]
+    lines += [f"| {cell} | {run['test_acc']:.3f} | {run['seconds']:.0f} |"
+              for cell, run in runs.items()]
     lines += ["", "Wall times include validation and depend on the machine's load; "
               "benchmarks/bn_lstm_speed.py times the training step alone."]
     (RESULTS / "bn_lstm_training_comparison.md").write_text("\n".join(lines) + "\n")

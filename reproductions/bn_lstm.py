@@ -4,7 +4,7 @@ permuted MNIST: an LSTM and a BN-LSTM classify a digit read one pixel per time s
     repro fit -c configs/bn_lstm/smoke.yaml             # mnist5k, CPU, a few minutes
     repro fit -c configs/bn_lstm/pmnist_bnlstm.yaml     # the paper's permuted MNIST BN-LSTM
 
-BN-LSTM (the paper's eq. 6-8), with BN(x; gamma, beta) = beta + gamma * (x - E[x]) / sqrt(Var[x] + eps):
+BN-LSTM (eq. 6-8), with BN(x; gamma, beta) = beta + gamma (x - E[x]) / sqrt(Var[x] + eps):
 
     (f, i, o, g) = BN(W_h h_{t-1}; gamma_h, 0) + BN(W_x x_t; gamma_x, 0) + b      (6)
     c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)                            (7)
@@ -179,7 +179,7 @@ class BNLSTM(nn.Module):
 
 
 def init_lstm_weights(weight_ih: Tensor, weight_hh: Tensor) -> None:
-    """Orthogonal input-to-hidden and identity hidden-to-hidden weights, gate block by gate block."""
+    """Orthogonal input-to-hidden and identity hidden-to-hidden weights, per gate block."""
     with torch.no_grad():
         for block_ih, block_hh in zip(weight_ih.chunk(4, 0), weight_hh.chunk(4, 0)):
             nn.init.orthogonal_(block_ih)
@@ -233,7 +233,8 @@ class SequentialClassifier(pl.LightningModule):
                 self.rnn.bias_hh_l0.zero_()
                 self.rnn.bias_ih_l0[hidden_size:2 * hidden_size].fill_(forget_bias)
         else:
-            raise ValueError(f"SequentialClassifier: cell must be 'lstm' or 'bn_lstm', got {cell!r}")
+            raise ValueError("SequentialClassifier: cell must be 'lstm' or 'bn_lstm', "
+                             f"got {cell!r}")
         self.classifier = nn.Linear(hidden_size, num_classes)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
