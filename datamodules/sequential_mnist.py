@@ -106,8 +106,14 @@ class SequentialMNISTDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         if self.dataset == "mnist" and self.download:
             from torchvision.datasets import MNIST
-            MNIST(self.data_dir, train=True, download=True)
-            MNIST(self.data_dir, train=False, download=True)
+            try:
+                MNIST(self.data_dir, train=True, download=True)
+                MNIST(self.data_dir, train=False, download=True)
+            except (RuntimeError, OSError) as error:
+                raise RuntimeError(
+                    f"SequentialMNISTDataModule: could not download MNIST into "
+                    f"{self.data_dir / 'MNIST' / 'raw'} ({error}); without a network, copy the "
+                    "four idx files there, or use dataset: mnist5k (embedded)") from error
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:

@@ -113,6 +113,17 @@ def test_missing_mnist_names_the_path(tmp_path):
         dm.setup("fit")
 
 
+def test_failed_download_names_the_path_and_the_alternatives(tmp_path, monkeypatch):
+    from torchvision.datasets import MNIST
+
+    def offline(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+    monkeypatch.setattr(MNIST, "download", offline)
+    dm = SequentialMNISTDataModule(dataset="mnist", data_dir=str(tmp_path), download=True)
+    with pytest.raises(RuntimeError, match=r"could not download MNIST into .*MNIST/raw.*mnist5k"):
+        dm.prepare_data()
+
+
 def test_corrupt_mnist_file_names_the_path(tmp_path):
     write_mnist(tmp_path, train=4, test=2)
     (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08")
