@@ -1,0 +1,318 @@
+"""BN-LSTM (Cooijmans et al. 2016): the cell against the paper's equations, the per-step
+statistics in training and evaluation, T_max reuse, the initialisation, the configs, a tiny fit."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from optimizers import presets
+from reproductions import cli
+from reproductions.bn_lstm import BNLSTM, SequentialClassifier
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "bn_lstm"
+PAPERS = ROOT.parent / "shared" / "papers.md"  # the project's paper facts, beside the checkout
+EPS = 1e-5
+
+
+def randomized_bnlstm(input_size=3, hidden=5, t_max=4, seed=0, **kwargs) -> BNLSTM:
+    """A BN-LSTM whose every parameter and population statistic is random (not its init)."""
+    torch.manual_seed(seed)
+    cell = BNLSTM(input_size, hidden, t_max, **kwargs).double()
+    with torch.no_grad():
+        for parameter in cell.parameters():
+            parameter.copy_(torch.randn_like(parameter) * 0.5)
+        for bn in (cell.bn_ih, cell.bn_hh, cell.bn_c):
+            bn.running_mean.copy_(torch.randn_like(bn.running_mean))
+            bn.running_var.copy_(torch.rand_like(bn.running_var) + 0.5)
+    return cell
+
+
+def hand_bn(x, mean, var, gamma, beta=0.0):
+    """BN(x; gamma, beta) = beta + gamma * (x - mean) / sqrt(var + eps), written out."""
+    return beta + gamma * (x - mean) / torch.sqrt(var + EPS)
+
+
+def hand_step(cell, x_t, h, c, stats=None):
+    """Eq. (6)-(8) for one step, from the parameters; gate order (f, i, o, g).
+
+    stats None: the batch's own mean and biased variance; else (m_x, v_x, m_h, v_h, m_c, v_c)."""
+    wx, wh = x_t @ cell.weight_ih.T, h @ cell.weight_hh.T
+    def moments(z):
+        return z.mean(0), ((z - z.mean(0)) ** 2).mean(0)
+    m_x, v_x = moments(wx) if stats is None else stats[0:2]
+    m_h, v_h = moments(wh) if stats is None else stats[2:4]
+    pre = hand_bn(wh, m_h, v_h, cell.bn_hh.weight) + hand_bn(wx, m_x, v_x, cell.bn_ih.weight) \
+        + cell.bias
+    H = h.shape[1]
+    f, i, o, g = pre[:, :H], pre[:, H:2 * H], pre[:, 2 * H:3 * H], pre[:, 3 * H:]
+    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    m_c, v_c = moments(c_new) if stats is None else stats[4:6]
+    h_new = torch.sigmoid(o) * torch.tanh(hand_bn(c_new, m_c, v_c, cell.bn_c.weight, cell.bn_c.bias))
+    return h_new, c_new
+
+
+def test_one_training_step_matches_the_papers_equations_with_batch_statistics():
+    cell = randomized_bnlstm().train()
+    x, h0, c0 = torch.randn(6, 1, 3).double(), torch.randn(6, 5).double(), torch.randn(6, 5).double()
+    hs, c = cell.unroll(x, (h0, c0))
+    h_ref, c_ref = hand_step(cell, x[:, 0], h0, c0)
+    torch.testing.assert_close(hs[0], h_ref)
+    torch.testing.assert_close(c, c_ref)
+
+
+def test_evaluation_uses_each_steps_population_statistics():
+    cell = randomized_bnlstm(t_max=4).eval()
+    x, h, c = torch.randn(6, 4, 3).double(), torch.randn(6, 5).double(), torch.randn(6, 5).double()
+    hs, _ = cell.unroll(x, (h, c))
+    for t in range(4):
+        stats = [bn.running_mean[t] if k == 0 else bn.running_var[t]
+                 for bn in (cell.bn_ih, cell.bn_hh, cell.bn_c) for k in (0, 1)]
+        h, c = hand_step(cell, x[:, t], h, c, stats)
+        torch.testing.assert_close(hs[t], h)
+
+
+def test_steps_beyond_t_max_reuse_step_t_max_statistics():
+    short = randomized_bnlstm(t_max=3, seed=1).eval()
+    long = BNLSTM(3, 5, 7).double().eval()
+    state = {k: v.clone() for k, v in short.state_dict().items()}
+    for name, value in state.items():
+        if name.endswith(("running_mean", "running_var")):  # rows 3..6 are copies of row 2
+            state[name] = torch.cat([value, value[-1:].expand(4, -1)])
+    long.load_state_dict(state)
+    x, h0, c0 = torch.randn(4, 7, 3).double(), torch.zeros(4, 5).double(), torch.zeros(4, 5).double()
+    hs_short, c_short = short.unroll(x, (h0, c0))
+    hs_long, c_long = long.unroll(x, (h0, c0))
+    torch.testing.assert_close(torch.stack(hs_short), torch.stack(hs_long))
+
+
+def test_training_updates_each_steps_population_with_that_steps_batch_statistics():
+    torch.manual_seed(0)
+    cell = BNLSTM(2, 4, t_max=6, bn_momentum=1.0).double().train()  # momentum 1: population = batch
+    batch, steps = 8, 4
+    x, h0 = torch.randn(batch, steps, 2).double(), torch.randn(batch, 4).double()
+    hs, c_last = cell.unroll(x, (h0, torch.zeros(batch, 4).double()))
+    previous = [h0] + hs[:-1]
+    for t in range(steps):
+        wx, wh = x[:, t] @ cell.weight_ih.T, previous[t] @ cell.weight_hh.T
+        for bn, term in ((cell.bn_ih, wx), (cell.bn_hh, wh)):
+            torch.testing.assert_close(bn.running_mean[t], term.mean(0))
+            torch.testing.assert_close(bn.running_var[t], term.var(0, unbiased=True))  # as nn.BatchNorm
+    torch.testing.assert_close(cell.bn_c.running_mean[steps - 1], c_last.mean(0))
+    torch.testing.assert_close(cell.bn_c.running_var[steps - 1], c_last.var(0, unbiased=True))
+    for bn in (cell.bn_ih, cell.bn_hh, cell.bn_c):  # steps the sequence never reached: untouched
+        assert torch.all(bn.running_mean[steps:] == 0) and torch.all(bn.running_var[steps:] == 1)
+
+
+def test_training_longer_than_t_max_uses_batch_statistics_and_keeps_t_max_rows():
+    torch.manual_seed(0)
+    cell = BNLSTM(2, 4, t_max=2, bn_momentum=1.0).train()
+    x = torch.randn(8, 5, 2)
+    hs, _ = cell.unroll(x, (torch.randn(8, 4), torch.zeros(8, 4)))
+    assert len(hs) == 5 and cell.bn_ih.running_mean.shape == (2, 16)
+    torch.testing.assert_close(cell.bn_ih.running_mean[1], (x[:, 1] @ cell.weight_ih.T).mean(0))
+    # Batch statistics at every step: each step's pre-tanh cell is normalised to gamma * z + beta,
+    # so over the batch the normalised input-to-hidden term has mean 0, std gamma at step 4 too.
+    wx = x[:, 4] @ cell.weight_ih.T
+    normalised = cell.bn_ih.forward_sequence(x @ cell.weight_ih.T)[:, 4]
+    torch.testing.assert_close(normalised, 0.1 * (wx - wx.mean(0)) / torch.sqrt(wx.var(0, unbiased=False) + EPS))
+
+
+def test_evaluation_is_independent_of_batch_composition():
+    torch.manual_seed(0)
+    model = SequentialClassifier(input_size=4, hidden_size=8, t_max=5)
+    model.train()
+    for _ in range(3):  # population statistics away from their initial values
+        model(torch.rand(16, 5, 4))
+    model.eval()
+    x = torch.rand(10, 5, 4)
+    with torch.no_grad():
+        together = model(x)
+        shuffled = model(torch.cat([torch.rand(7, 5, 4), x[[3, 1]], torch.rand(2, 5, 4) * 9]))
+        alone = model(x[3:4])
+    torch.testing.assert_close(shuffled[7:9], together[[3, 1]], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(alone[0], together[3], rtol=1e-5, atol=1e-6)
+    model.train()  # whereas training normalises with the batch, so the company matters
+    assert not torch.allclose(model(x)[:2], model(x[:2]), atol=1e-4)
+
+
+@pytest.mark.slow  # one Inductor compilation per mode, ~30 s on a laptop CPU
+def test_compiled_step_matches_the_eager_step():
+    torch.manual_seed(0)
+    eager = BNLSTM(3, 8, t_max=4)
+    compiled = BNLSTM(3, 8, t_max=4, compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    x, h0 = torch.randn(6, 5, 3), torch.randn(6, 8)
+    outputs = []
+    for cell in (eager, compiled):
+        hs, c = cell.unroll(x, (h0, torch.zeros(6, 8)))
+        grad, = torch.autograd.grad(hs[-1].square().sum(), cell.weight_hh)
+        with torch.no_grad():
+            hs_eval, _ = cell.eval().unroll(x, (h0, torch.zeros(6, 8)))
+        outputs.append((torch.stack(hs), c, grad, cell.bn_hh.running_var, torch.stack(hs_eval)))
+    for a, b in zip(*outputs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_initialisation_follows_the_paper():
+    model = SequentialClassifier(input_size=1, hidden_size=6, t_max=10)
+    cell = model.rnn
+    for bn in (cell.bn_ih, cell.bn_hh, cell.bn_c):
+        assert torch.all(bn.weight == 0.1)
+    assert cell.bn_ih.bias is None and cell.bn_hh.bias is None  # BN(.; gamma, 0): no shift
+    assert torch.all(cell.bn_c.bias == 0)
+    for block_ih, block_hh in zip(cell.weight_ih.chunk(4), cell.weight_hh.chunk(4)):
+        torch.testing.assert_close(block_hh, torch.eye(6))
+        torch.testing.assert_close(block_ih.T @ block_ih, torch.eye(1))  # orthonormal columns
+    assert torch.all(cell.bias[:6] == 1.0) and torch.all(cell.bias[6:] == 0)
+    assert all(torch.all(bn.weight == 1.0) for bn in (
+        SequentialClassifier(hidden_size=6, t_max=3, gamma_init=1.0).rnn.bn_c,))
+    lstm = SequentialClassifier(cell="lstm", input_size=1, hidden_size=6).rnn
+    for block_hh in lstm.weight_hh_l0.chunk(4):
+        torch.testing.assert_close(block_hh, torch.eye(6))
+    bias = lstm.bias_ih_l0 + lstm.bias_hh_l0  # nn.LSTM gate order (i, f, g, o)
+    assert torch.all(bias[6:12] == 1.0) and bias.abs().sum() == 6.0
+
+
+def test_initial_hidden_state_noise_in_training_only():
+    torch.manual_seed(0)
+    model = SequentialClassifier(hidden_size=100, t_max=3)
+    x = torch.zeros(500, 3, 1)
+    h0, c0 = model.initial_state(x)
+    assert abs(h0.std().item() - 0.1) < 0.003 and abs(h0.mean().item()) < 0.003
+    assert torch.all(c0 == 0)
+    model.eval()
+    assert torch.all(model.initial_state(x)[0] == 0)
+
+
+def test_lstm_baseline_is_nn_lstm_on_the_same_input():
+    torch.manual_seed(0)
+    model = SequentialClassifier(cell="lstm", input_size=2, hidden_size=5).eval()
+    x = torch.randn(3, 6, 2)
+    reference = torch.nn.LSTM(2, 5, batch_first=True)
+    reference.load_state_dict(model.rnn.state_dict())
+    _, (h_n, _) = reference(x)
+    torch.testing.assert_close(model(x), model.classifier(h_n[0]))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: SequentialClassifier(cell="gru"), "cell must be 'lstm' or 'bn_lstm'"),
+    (lambda: SequentialClassifier(hidden_size=0), "hidden_size must be >= 1"),
+    (lambda: SequentialClassifier(initial_state_noise=-0.1), "initial_state_noise must be >= 0"),
+    (lambda: SequentialClassifier(bn_momentum=0.0), "momentum must be in"),
+    (lambda: SequentialClassifier(input_size=2)(torch.zeros(4, 3, 1)), r"expected input \(batch, time, 2\)"),
+    (lambda: SequentialClassifier(cell="lstm", input_size=2)(torch.zeros(4, 3, 1)), r"expected input"),
+    (lambda: SequentialClassifier()(torch.zeros(1, 3, 1)), "batch of at least 2"),
+])
+def test_bad_input_is_refused_with_a_clear_message(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_default_optimizer_is_the_bn_lstm_preset():
+    optimizer = SequentialClassifier(hidden_size=4, t_max=2).configure_optimizers()
+    assert isinstance(optimizer, presets.BnLstm)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["alpha"], group["momentum"]) == (1e-3, 0.9, 0)
+
+
+# ---- configs against papers.md ---------------------------------------------------------------
+
+def paper_numbers() -> dict[str, float]:
+    """The Recurrent Batch Normalization section's settings, read from papers.md."""
+    if not PAPERS.exists():
+        pytest.skip(f"{PAPERS} not found: the configs are checked against the project's papers.md")
+    section = PAPERS.read_text().split("## Recurrent Batch Normalization")[1].split("\n## ")[0]
+    text = " ".join(section.split())  # one line: settings wrap across lines
+    number = r"([0-9.]+(?:e-?[0-9]+)?)"
+    find = lambda pattern: float(re.search(pattern, text).group(1))  # noqa: E731
+    train, valid = re.search(r"train/valid (\d+)k/(\d+)k", text).groups()
+    return {"hidden": find(rf"{number} units"), "lr": find(rf"RMSProp lr {number}"),
+            "clip": find(rf"clipping {number}"), "batch": find(rf"batch {number}"),
+            "noise": find(rf"noise {number} on the initial hidden"),
+            "gamma": find(rf"gamma initialised to {number}"), "steps": find(rf"{number} steps of one pixel"),
+            "val": float(valid) * 1000, "train": float(train) * 1000}
+
+
+def parse(tmp_path, monkeypatch, *configs: str, extra: tuple[str, ...] = ()):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    args = [arg for config in configs for arg in ("-c", str(CONFIGS / config))]
+    return cli.main(args=[*args, "--trainer.logger", "false", *extra], run=False)
+
+
+@pytest.mark.parametrize("name, cell, permuted", [
+    ("seq_mnist_lstm", "lstm", False), ("seq_mnist_bnlstm", "bn_lstm", False),
+    ("pmnist_lstm", "lstm", True), ("pmnist_bnlstm", "bn_lstm", True)])
+def test_paper_configs_carry_the_papers_settings(tmp_path, monkeypatch, name, cell, permuted):
+    paper = paper_numbers()
+    parsed = parse(tmp_path, monkeypatch, f"{name}.yaml")
+    model, data, trainer = parsed.model, parsed.datamodule, parsed.trainer
+    assert model.hparams.cell == cell and (data.permutation is not None) == permuted
+    assert model.hparams.hidden_size == paper["hidden"]
+    assert model.hparams.initial_state_noise == paper["noise"]
+    assert model.hparams.gamma_init == paper["gamma"]
+    assert model.hparams.t_max == paper["steps"] == data.steps and data.pixels_per_step == 1
+    assert data.batch_size == paper["batch"] and data.val_size == paper["val"]
+    assert data.dataset == "mnist" and 60_000 - data.val_size == paper["train"]
+    assert trainer.gradient_clip_val == paper["clip"] and trainer.gradient_clip_algorithm == "norm"
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, presets.BnLstm)
+    group = optimizer.param_groups[0]
+    assert group["lr"] == paper["lr"] and group["alpha"] == 0.9 and group["momentum"] == 0
+    if cell == "bn_lstm":
+        assert all(torch.all(bn.weight == paper["gamma"]) for bn in (model.rnn.bn_ih, model.rnn.bn_c))
+
+
+def test_momentum_reading_is_selected_by_a_layered_config(tmp_path, monkeypatch):
+    parsed = parse(tmp_path, monkeypatch, "pmnist_bnlstm.yaml", "momentum_0.9.yaml")
+    group = parsed.model.configure_optimizers().param_groups[0]
+    assert (group["lr"], group["alpha"], group["momentum"]) == (1e-3, 0.9, 0.9)
+
+
+def test_unknown_config_key_and_negative_lr_are_refused(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        parse(tmp_path, monkeypatch, "smoke.yaml", extra=("--model.init_args.hiden_size", "3"))
+    assert "hiden_size" in capsys.readouterr().err
+    parsed = parse(tmp_path, monkeypatch, "smoke.yaml",
+                   extra=("--model.init_args.optimizer.init_args.lr=-1e-3",))
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        parsed.model.configure_optimizers()
+
+
+def test_input_size_must_match_the_data_before_training(tmp_path, monkeypatch):
+    parsed = parse(tmp_path, monkeypatch, "smoke.yaml", extra=("--data.init_args.pixels_per_step", "28"))
+    with pytest.raises(ValueError, match=r"input_size \(16\) must equal the data's pixels_per_step \(28\)"):
+        parsed.trainer.fit(parsed.model, parsed.datamodule)
+
+
+def test_repro_fit_smoke_end_to_end_logs_and_checkpoints_the_permutation(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    launched = cli.main(args=["fit", "-c", str(CONFIGS / "smoke.yaml"),
+                   "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
+                   "--trainer.limit_val_batches", "1",
+                   "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+                   "--trainer.default_root_dir", str(tmp_path),
+                   "--trainer.logger.init_args.save_dir", str(tmp_path),
+                   "--model.init_args.input_size", "112", "--model.init_args.t_max", "7",
+                   "--model.init_args.hidden_size", "16",
+                   "--data.init_args.pixels_per_step", "112", "--data.init_args.permuted", "true",
+                   "--data.init_args.permutation_seed", "5"])
+    run = launched.trainer.logger.experiment
+    assert {"train/loss", "val/acc"} <= set(run.summary.keys())
+    run.finish()  # flush the offline run's log before reading it
+    checkpoint_path, = tmp_path.rglob("*.ckpt")
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    permutation = checkpoint["SequentialMNISTDataModule"]["permutation"]
+    assert sorted(permutation.tolist()) == list(range(784))
+    assert torch.equal(permutation, torch.randperm(784, generator=torch.Generator().manual_seed(5)))
+    assert checkpoint["global_step"] == 4
+    assert checkpoint["state_dict"]["rnn.bn_hh.running_mean"].shape == (7, 64)
+    run_log, = tmp_path.rglob("offline-run-*/run-*.wandb")
+    logged = run_log.read_bytes()
+    assert b"train/loss" in logged and b"val/acc" in logged
