@@ -128,8 +128,10 @@ class ReproCLI(LightningCLI):
         plain = self.active_config().as_dict()
         directory = checkpoint_dir(plain)
         callbacks = [
-            # last.ckpt at each epoch's end and at the end of training: exact resume points
-            ModelCheckpoint(dirpath=directory, every_n_epochs=1, save_top_k=0, save_last=True),
+            # last.ckpt at each epoch's end and at the end of training: exact resume points.
+            # (Lightning writes last.ckpt only along with a top-k save, hence save_top_k=1.)
+            ModelCheckpoint(dirpath=directory, filename="epoch{epoch}-end", every_n_epochs=1,
+                            save_top_k=1, save_last=True, auto_insert_metric_name=False),
             EpochSeeding(plain.get("seed_everything") if isinstance(
                 plain.get("seed_everything"), int) else None),
         ]
