@@ -2,11 +2,23 @@
 
     repro fit -c configs/wgan/smoke.yaml
     repro fit -c configs/wgan/smoke.yaml --model.critic_optimizer.init_args.lr 1e-4
+    repro fit -c configs/wgan/smoke.yaml --ckpt_path last         (resume the latest run)
+    repro compare runs/wandb/offline-run-A runs/wandb/offline-run-B --out comparison/
+    repro bench -c configs/wgan/smoke.yaml --seeds 3
+    repro dashboard
     python -m reproductions fit -c ...          (the same)
 
 Model and data are chosen in subclass mode (``class_path``), configs are parsed with omegaconf
 interpolation, and runs log to Weights & Biases: online when the user is logged in, offline
 otherwise (``wandb sync`` uploads an offline run later).
+
+Every ``fit`` also gets (see ``tracking``, ``optimizer_monitor``, ``fault_tolerance``):
+W&B group/job_type/tags and the resolved config in the run's config; ``RMSpropMonitor``
+(``--optimizer_monitor.every_n_steps``); ``SkipNonFiniteSteps``
+(``--nonfinite.max_consecutive``); checkpoints under ``<save_dir>/checkpoints/<run name>/``:
+``last.ckpt`` at every epoch's end and at the end of training (what ``--ckpt_path last``
+resumes, exactly), and ``step=N.ckpt`` every ``--checkpoint_every_n_steps`` steps (the latest
+kept), all written atomically.
 """
 
 from __future__ import annotations
@@ -14,13 +26,23 @@ from __future__ import annotations
 import netrc
 import os
 import sys
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
-from pytorch_lightning import LightningDataModule, LightningModule
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning import LightningDataModule, LightningModule, Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from .fault_tolerance import AtomicCheckpointIO, EpochSeeding, SkipNonFiniteSteps
+from .optimizer_monitor import RMSpropMonitor
+from .tracking import RunConfigCallback, optimizer_settings_check, run_identity
 
 WANDB_PROJECT = "rmsprop-repro"
 RUN_DIR = "runs"
+WANDB_LOGGERS = ("pytorch_lightning.loggers.WandbLogger",
+                 "pytorch_lightning.loggers.wandb.WandbLogger", "lightning.pytorch.loggers.WandbLogger")
+SUBCOMMANDS = ("compare", "bench", "dashboard")
 
 
 def wandb_logged_in() -> bool:
@@ -48,24 +70,101 @@ def default_logger() -> dict:
         print(f"W&B: not logged in, logging offline under ./{RUN_DIR}/wandb; "
               f"upload later with `wandb sync {RUN_DIR}/wandb/offline-run-*`", file=sys.stderr)
     return {
-        "class_path": "pytorch_lightning.loggers.WandbLogger",
+        "class_path": "reproductions.tracking.ReproWandbLogger",
         "init_args": {"project": WANDB_PROJECT, "save_dir": RUN_DIR, "offline": offline},
     }
 
 
-def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+def run_name(config: dict[str, Any]) -> str:
+    """The name that keeps a run's checkpoints apart: the logger's ``name``, else the config
+    file's stem, else the model's class."""
+    logger = (config.get("trainer") or {}).get("logger")
+    if isinstance(logger, dict) and (logger.get("init_args") or {}).get("name"):
+        return str(logger["init_args"]["name"])
+    configs = [c for c in config.get("config") or [] if c]
+    if configs:
+        return Path(str(configs[-1])).stem
+    return (config.get("model") or {}).get("class_path", "run").rsplit(".", 1)[-1].lower()
+
+
+def checkpoint_dir(config: dict[str, Any]) -> Path:
+    trainer = config.get("trainer") or {}
+    logger = trainer.get("logger")
+    save_dir = None
+    if isinstance(logger, dict):
+        save_dir = (logger.get("init_args") or {}).get("save_dir")
+    return Path(save_dir or trainer.get("default_root_dir") or RUN_DIR) / "checkpoints" / \
+        run_name(config)
+
+
+class ReproCLI(LightningCLI):
+    """LightningCLI plus the experiment workflow of every ``repro fit`` (module docstring)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(RMSpropMonitor, "optimizer_monitor")
+        parser.add_lightning_class_args(SkipNonFiniteSteps, "nonfinite")
+        parser.add_argument("--checkpoint_every_n_steps", type=int, default=1000,
+                            help="write step=N.ckpt every N optimizer steps (0: never)")
+
+    def active_config(self) -> Any:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def before_instantiate_classes(self) -> None:
+        config = self.active_config()
+        plain = config.as_dict()
+        if plain.get("checkpoint_every_n_steps", 0) < 0:
+            raise ValueError("checkpoint_every_n_steps must be >= 0, got "
+                             f"{plain['checkpoint_every_n_steps']}")
+        optimizer_settings_check((plain.get("model") or {}).get("init_args") or {})
+        logger = config.get("trainer.logger")
+        if logger is not None and not isinstance(logger, (bool, list)) and \
+                logger.get("class_path") in WANDB_LOGGERS + ("reproductions.tracking.ReproWandbLogger",):
+            logger.class_path = "reproductions.tracking.ReproWandbLogger"
+            for key, value in run_identity(plain).items():
+                if not logger.init_args.get(key):
+                    logger.init_args[key] = value
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        plain = self.active_config().as_dict()
+        directory = checkpoint_dir(plain)
+        callbacks = [
+            # last.ckpt at each epoch's end and at the end of training: exact resume points.
+            # (Lightning writes last.ckpt only along with a top-k save, hence save_top_k=1.)
+            ModelCheckpoint(dirpath=directory, filename="epoch{epoch}-end", every_n_epochs=1,
+                            save_top_k=1, save_last=True, auto_insert_metric_name=False),
+            EpochSeeding(plain.get("seed_everything") if isinstance(
+                plain.get("seed_everything"), int) else None),
+        ]
+        if plain.get("checkpoint_every_n_steps"):
+            callbacks.append(ModelCheckpoint(
+                dirpath=directory, filename="{step}", save_top_k=1,
+                every_n_train_steps=plain["checkpoint_every_n_steps"]))
+        self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
+        return super().instantiate_trainer(**kwargs)
+
+
+def main(args: list[str] | None = None, run: bool = True) -> LightningCLI | None:
     """Entry point of ``repro`` and ``python -m reproductions``."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] in SUBCOMMANDS:
+        from . import workflow
+
+        workflow.main(argv)
+        return None
+
     import datamodules  # noqa: F401 - registers the datamodules as subclasses for short names
     import reproductions  # noqa: F401 - likewise for the LightningModules
 
-    return LightningCLI(
+    return ReproCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         parser_kwargs={"parser_mode": "omegaconf"},
-        trainer_defaults={"logger": default_logger(), "default_root_dir": RUN_DIR},
+        trainer_defaults={"logger": default_logger(), "default_root_dir": RUN_DIR,
+                          "plugins": [AtomicCheckpointIO()]},
+        save_config_callback=RunConfigCallback,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,

@@ -1,0 +1,137 @@
+"""Surviving what clusters do to a run: non-finite steps, kills, half-written checkpoints.
+
+* ``SkipNonFiniteSteps``: when the loss or a gradient is NaN/inf, the optimizer step is skipped
+  (every gradient of that optimizer is set to None, so torch optimizers leave both the weights and
+  their state untouched), counted in ``train/skipped_steps``; after ``max_consecutive`` skips in a
+  row the run stops with ``NonFiniteTrainingError`` naming the last checkpoint, which predates the
+  fault (skipped steps change nothing). It works on Lightning's hooks that both optimization
+  styles call: ``on_before_backward`` (the loss: automatic, and ``manual_backward``) and
+  ``on_before_optimizer_step`` (the gradients: automatic, and ``LightningOptimizer.step`` in manual
+  optimization). A manual ``training_step`` that steps a raw ``torch.optim`` optimizer bypasses
+  both and is not guarded.
+* ``EpochSeeding``: reseeds torch, numpy and random at each training epoch's start from (seed,
+  epoch, rank), so an epoch's shuffle and randomness do not depend on how the run got there.
+  Resuming from an epoch-boundary checkpoint (``last.ckpt``) then repeats the uninterrupted run
+  exactly (with ``num_workers=0``, or workers without their own randomness: Lightning creates the
+  first resumed epoch's DataLoader iterator, which draws the workers' base seed, before the hook).
+  A mid-epoch checkpoint (``step=N.ckpt``) resumes with Lightning's default: the interrupted
+  epoch's remaining steps are taken over a fresh pass of the data.
+* ``AtomicCheckpointIO``: Lightning's local save writes to ``tempfile.mkstemp()`` (the system temp
+  folder) and then ``shutil.move``s it (fsspec transaction, lightning_fabric ``_atomic_save``);
+  when that folder is on another filesystem the move is a copy into the final path, which a kill
+  can leave half-written. This plugin writes next to the target, fsyncs, and ``os.replace``s.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning import Callback, LightningModule, Trainer
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Raised after too many consecutive steps with a non-finite loss or gradient."""
+
+
+class SkipNonFiniteSteps(Callback):
+    """Skip and count optimizer steps whose loss or gradients are not finite.
+
+    Args:
+        max_consecutive: stop the run after this many skipped steps in a row (>= 1).
+    """
+
+    def __init__(self, max_consecutive: int = 10) -> None:
+        if max_consecutive < 1:
+            raise ValueError(f"SkipNonFiniteSteps: max_consecutive must be >= 1, "
+                             f"got {max_consecutive}")
+        self.max_consecutive = max_consecutive
+        self.skipped = 0
+        self.consecutive = 0
+        self._loss_finite: torch.Tensor | None = None
+
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule,
+                           loss: torch.Tensor) -> None:
+        finite = torch.isfinite(loss.detach()).all()
+        self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads \
+            else torch.tensor(True)
+        if self._loss_finite is not None:
+            finite = finite & self._loss_finite.to(finite.device)
+        self._loss_finite = None
+        if bool(finite):  # one host sync per step
+            self.consecutive = 0
+            return
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None  # torch optimizers skip parameters without a gradient
+        self.skipped += 1
+        self.consecutive += 1
+        if self.consecutive >= self.max_consecutive:
+            checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or None
+            raise NonFiniteTrainingError(
+                f"{self.consecutive} consecutive optimizer steps had a non-finite loss or gradient "
+                f"(up to global step {trainer.global_step}; {self.skipped} skipped in all). The "
+                f"weights and optimizer state are those before the fault; last checkpoint: "
+                f"{checkpoint}. Lower the learning rate, raise eps, or clip gradients "
+                f"(trainer.gradient_clip_val) and resume with --ckpt_path.")
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.skipped = state_dict["skipped"]
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 10_007 + rank) % 2**32
+
+
+class EpochSeeding(Callback):
+    """Reseed every random generator at each training epoch's start from (seed, epoch, rank)."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = epoch_seed(base, trainer.current_epoch, trainer.global_rank)
+        torch.manual_seed(seed)  # every device's generator too
+        np.random.seed(seed)
+        random.seed(seed)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write a checkpoint to a temporary file beside it, fsync, then rename it into place."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO: storage_options is not supported")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                             suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)  # atomic on POSIX: readers see the old or the new file
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
