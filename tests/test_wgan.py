@@ -134,6 +134,17 @@ def test_max_generator_iterations_stops_training():
     assert model.generator_iterations == 3 and trainer.global_step == 6
 
 
+def test_checkpoint_keeps_the_generator_iteration_count(tmp_path):
+    model = tiny_wgan(n_critic=1, burst_below=0, burst_every=0, max_generator_iterations=3)
+    trainer = fit(model, batches=10)
+    trainer.save_checkpoint(tmp_path / "wgan.ckpt")
+    restored = WGAN.load_from_checkpoint(tmp_path / "wgan.ckpt")
+    assert restored.generator_iterations == 3
+    torch.testing.assert_close(restored.fixed_noise, model.fixed_noise)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(model.fixed_noise), model(model.fixed_noise))
+
+
 # ------------------------------------------------------------------------------ clipping
 def test_critic_sees_only_clipped_weights():
     c = 0.01
