@@ -64,8 +64,9 @@ def train_feature_classifier(dataset: Dataset, channels: int, max_images: int = 
     task = "labels" if labels.unique().numel() > 1 else "rotation"
     num_classes = int(labels.max()) + 1 if task == "labels" else 4
 
-    torch.manual_seed(seed)
-    network = FeatureClassifier(channels, num_classes)
+    with torch.random.fork_rng():  # seed the init without disturbing the caller's random stream
+        torch.manual_seed(seed)
+        network = FeatureClassifier(channels, num_classes)
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
     correct = seen = 0
     for epoch in range(epochs):
