@@ -89,7 +89,8 @@ def train_feature_classifier(dataset: Dataset, channels: int, max_images: int = 
     return network.eval().requires_grad_(False), summary
 
 
-def load_or_train(dataset: Dataset, channels: int, cache: Path, **training: int) -> FeatureClassifier:
+def load_or_train(dataset: Dataset, channels: int, cache: Path,
+                  **training: int) -> FeatureClassifier:
     """The cached feature classifier at ``cache``, trained and saved there first if absent."""
     if cache.is_file():
         try:
@@ -98,8 +99,8 @@ def load_or_train(dataset: Dataset, channels: int, cache: Path, **training: int)
             network.load_state_dict(saved["state_dict"])
         except Exception as error:  # noqa: BLE001 - truncated file, wrong shapes, foreign pickle
             raise DatasetError(f"cannot load the Frechet feature extractor cached at {cache} "
-                               f"({type(error).__name__}: {str(error).splitlines()[0]}); delete the file to retrain "
-                               f"it") from error
+                               f"({type(error).__name__}: {str(error).splitlines()[0]}); "
+                               f"delete the file to retrain it") from error
         return network.eval().requires_grad_(False)
     network, summary = train_feature_classifier(dataset, channels, **training)
     print(f"Frechet features: trained a {summary['task']} classifier on {summary['images']} "

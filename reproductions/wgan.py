@@ -331,10 +331,10 @@ class WGAN(pl.LightningModule):
     def setup(self, stage: str) -> None:
         data = self.trainer.datamodule if self.trainer else None
         for name in ("channels", "image_size"):
-            if data is not None and hasattr(data, name) and getattr(data, name) != self.hparams[name]:
+            value = getattr(data, name, None)
+            if value is not None and value != self.hparams[name]:
                 raise ValueError(f"WGAN: model.{name} is {self.hparams[name]} but the data has "
-                                 f"{name} {getattr(data, name)}; set --model.{name} "
-                                 f"{getattr(data, name)}")
+                                 f"{name} {value}; set --model.{name} {value}")
 
     def on_fit_start(self) -> None:
         if self.hparams.frechet_every:
@@ -364,10 +364,11 @@ class WGAN(pl.LightningModule):
         before = [p.detach().clone() for p in parameters]
         grads = [p.grad.detach().clone() for p in parameters]
         critic_optimizer.step()
-        if h.penalty == "clip":
-            clip_weights(self.critic, h.clip_value)
+        # Sec. 4.2's diagnostic on the optimizer's own step, before clipping moves the weights.
         self.cycle_cosines.append(step_gradient_cosine(before, [p.detach() for p in parameters],
                                                        grads))
+        if h.penalty == "clip":
+            clip_weights(self.critic, h.clip_value)
         self.untoggle_optimizer(critic_optimizer)
         self.cycle_critic_steps += 1
         if self.cycle_critic_steps < critic_iterations(self.generator_iterations, h.n_critic,
@@ -417,7 +418,8 @@ class WGAN(pl.LightningModule):
         """A grid of G(fixed noise), as a PNG in the run directory and a W&B image."""
         grid = make_grid(self.generator(self.fixed_noise), nrow=8, normalize=True,
                          value_range=(-1, 1))
-        path = self.run_directory() / "samples" / f"generator_iteration_{self.generator_iterations:06d}.png"
+        name = f"generator_iteration_{self.generator_iterations:06d}.png"
+        path = self.run_directory() / "samples" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, path)
         for logger in self.loggers:

@@ -15,7 +15,7 @@ import wandb
 from PIL import Image
 from torch import nn
 
-from datamodules.images import DatasetError, ImageDataModule
+from datamodules.images import DatasetError
 from optimizers import RMSprop
 from reproductions.cli import main
 from reproductions.wgan import (WGAN, DCGANCritic, DCGANGenerator, MLPCritic, MLPGenerator,
@@ -153,7 +153,8 @@ def test_critic_sees_only_clipped_weights():
     assert max(p.abs().max() for p in model.critic.parameters()) > 0.5  # BatchNorm gammas ~ 1
     seen = []
     model.critic.register_forward_pre_hook(
-        lambda module, args: seen.append(max(float(p.detach().abs().max()) for p in module.parameters())))
+        lambda module, args: seen.append(max(float(p.detach().abs().max())
+                                             for p in module.parameters())))
     after_steps = []
     model.on_train_batch_end = lambda *args: after_steps.append(
         max(float(p.abs().max()) for p in model.critic.parameters()))

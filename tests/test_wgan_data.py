@@ -1,4 +1,4 @@
-"""ImageDataModule on tiny datasets written in the real on-disk formats, and the Frechet features."""
+"""ImageDataModule on tiny datasets written in their real on-disk formats; Frechet features."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from scipy import linalg
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from datamodules.frechet_features import FeatureClassifier, load_or_train
+from datamodules.frechet_features import load_or_train
 from datamodules.images import DatasetError, ImageDataModule
 from reproductions.wgan import FrechetScore
 
