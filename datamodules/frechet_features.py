@@ -44,9 +44,9 @@ class FeatureClassifier(nn.Module):
         return self.head(self.body(images))
 
 
-def rotate_batch(images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def rotate_batch(images: Tensor) -> tuple[Tensor, Tensor]:
     """Each image turned by a random multiple of 90 degrees; the multiple is the label."""
-    turns = torch.randint(0, 4, (images.shape[0],), generator=generator)
+    turns = torch.randint(0, 4, (images.shape[0],))
     rotated = torch.stack([torch.rot90(image, int(k), dims=(1, 2)) for image, k in
                            zip(images, turns)])
     return rotated, turns
@@ -56,26 +56,31 @@ def train_feature_classifier(dataset: Dataset, channels: int, max_images: int = 
                              epochs: int = 3, batch_size: int = 32, lr: float = 2e-3,
                              seed: int = 0) -> tuple[FeatureClassifier, dict]:
     """Fit a FeatureClassifier on up to ``max_images`` images of ``dataset``: a few seconds on CPU
-    for 32x32 images. Returns the network (in eval mode) and a summary of its training."""
-    generator = torch.Generator().manual_seed(seed)
-    indices = torch.randperm(len(dataset), generator=generator)[:max_images].tolist()
+    for 32x32 images. Returns the network (in eval mode) and a summary of its training. Seeded
+    on its own: the caller's random stream is the same whether the network is trained or loaded."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _train(dataset, channels, max_images, epochs, batch_size, lr)
+
+
+def _train(dataset: Dataset, channels: int, max_images: int, epochs: int, batch_size: int,
+           lr: float) -> tuple[FeatureClassifier, dict]:
+    indices = torch.randperm(len(dataset))[:max_images].tolist()
     images, labels = map(torch.cat, zip(*DataLoader(Subset(dataset, indices), batch_size=256)))
     labels = torch.as_tensor(labels).long()
     task = "labels" if labels.unique().numel() > 1 else "rotation"
     num_classes = int(labels.max()) + 1 if task == "labels" else 4
 
-    with torch.random.fork_rng():  # seed the init without disturbing the caller's random stream
-        torch.manual_seed(seed)
-        network = FeatureClassifier(channels, num_classes)
+    network = FeatureClassifier(channels, num_classes)
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
     correct = seen = 0
     for epoch in range(epochs):
-        order = torch.randperm(len(images), generator=generator)
+        order = torch.randperm(len(images))
         for start in range(0, len(images), batch_size):
             batch = order[start:start + batch_size]
             x, y = images[batch], labels[batch]
             if task == "rotation":
-                x, y = rotate_batch(x, generator)
+                x, y = rotate_batch(x)
             logits = network.logits(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad()
@@ -95,8 +100,9 @@ def load_or_train(dataset: Dataset, channels: int, cache: Path,
     if cache.is_file():
         try:
             saved = torch.load(cache, map_location="cpu", weights_only=True)
-            network = FeatureClassifier(channels, saved["summary"]["num_classes"])
-            network.load_state_dict(saved["state_dict"])
+            with torch.device("meta"):  # no random init to overwrite, no draw from the RNG
+                network = FeatureClassifier(channels, saved["summary"]["num_classes"])
+            network.load_state_dict(saved["state_dict"], assign=True)
         except Exception as error:  # noqa: BLE001 - truncated file, wrong shapes, foreign pickle
             raise DatasetError(f"cannot load the Frechet feature extractor cached at {cache} "
                                f"({type(error).__name__}: {str(error).splitlines()[0]}); "
