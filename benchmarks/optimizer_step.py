@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
+import os
 import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -91,28 +93,55 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_step(make_step: Callable, shapes, device, warmup: int, repeats: int) -> tuple[float, float]:
-    """(median seconds per step, seconds taken by the first step, compilation included)."""
-    generator = torch.Generator().manual_seed(0)
-    params = [torch.randn(s, generator=generator).to(device).requires_grad_() for s in shapes]
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=generator).to(device) * 1e-2
-    step = make_step(params)
-    sync(device)
-    start = time.perf_counter()
-    step()
-    sync(device)
-    first = time.perf_counter() - start
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
+class Contender:
+    """One optimizer on its own copy of the workload, fed a rotating set of gradients."""
+
+    GRADIENT_SETS = 4  # varied gradients keep v - m^2 away from 0, as in training
+
+    def __init__(self, make_step: Callable, shapes, device: torch.device) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.params = [torch.randn(s, generator=generator).to(device).requires_grad_()
+                       for s in shapes]
+        self.gradients = [[torch.randn(s, generator=generator).to(device) * 1e-2 for s in shapes]
+                          for _ in range(self.GRADIENT_SETS)]
+        for p, g in zip(self.params, self.gradients[0]):
+            p.grad = g.clone()
+        self.step = make_step(self.params)
+        self.calls = 0
+
+    def next_gradients(self) -> None:
+        """Copied into the same grad storage (untimed), as a backward pass would accumulate."""
+        self.calls += 1
+        torch._foreach_copy_([p.grad for p in self.params],
+                             self.gradients[self.calls % self.GRADIENT_SETS])
+
+    def timed_step(self, device: torch.device) -> float:
+        self.next_gradients()
         sync(device)
         start = time.perf_counter()
-        step()
+        self.step()
         sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), first
+        return time.perf_counter() - start
+
+
+def time_side_by_side(makers: dict[str, Callable], shapes, device, warmup: int,
+                      repeats: int) -> dict[str, tuple[float, float]]:
+    """name -> (median seconds per step, seconds of the first step, compilation included).
+
+    The contenders take turns step by step, so that a burst of load on the machine falls on all
+    of them alike and the ratios stay fair.
+    """
+    torch._dynamo.reset()  # every compiled contender starts from scratch
+    contenders = {name: Contender(make, shapes, device) for name, make in makers.items()}
+    first = {name: c.timed_step(device) for name, c in contenders.items()}
+    for _ in range(warmup):
+        for c in contenders.values():
+            c.timed_step(device)
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, c in contenders.items():
+            times[name].append(c.timed_step(device))
+    return {name: (statistics.median(times[name]), first[name]) for name in contenders}
 
 
 def copy_bandwidth(device: torch.device, numel: int = 256 * 2**20) -> float:
@@ -141,7 +170,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small workloads, few repeats")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write")
+    parser.add_argument("--warm-compile-cache", action="store_true",
+                        help="reuse Inductor's on-disk cache (the first-step column then shows "
+                             "a cached compile, not the one-time compile latency)")
     args = parser.parse_args()
+    if not args.warm_compile_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
     device = torch.device(args.device)
     repeats = args.repeats or (10 if args.quick else 50)
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
@@ -153,10 +187,9 @@ def main() -> None:
     for workload, shapes in workloads(device, args.quick).items():
         numel = sum(torch.Size(s).numel() for s in shapes)
         for variant, settings in VARIANTS.items():
-            results = {}
-            for name, make_step in contenders(device, settings).items():
-                median, first = time_step(make_step, shapes, device, warmup=3, repeats=repeats)
-                results[name] = (median, first)
+            results = time_side_by_side(contenders(device, settings), shapes, device,
+                                        warmup=3, repeats=repeats)
+            for name, (median, first) in results.items():
                 print(f"{workload:18} {variant:18} {name:16} {median * 1e3:9.3f} ms "
                       f"(first step {first:.2f} s)", flush=True)
             baseline = results["torch foreach"][0]
@@ -172,7 +205,10 @@ def main() -> None:
         f"# Optimizer step benchmark ({datetime.date.today()})",
         "",
         f"Device: {device_name(device)}; torch {torch.__version__}; "
-        f"{'quick run' if args.quick else 'full run'}, median of {repeats} steps after 3 warm-up steps.",
+        f"{'quick run' if args.quick else 'full run'}, median of {repeats} steps after 3 warm-up "
+        "steps; contenders take turns step by step; 4 rotating gradient sets; first step s = "
+        f"the first call, {'with a warm' if args.warm_compile_cache else 'with an empty'} "
+        "Inductor cache.",
         "Workloads: " + "; ".join(
             f"{w}: {len(s)} tensors, {sum(torch.Size(x).numel() for x in s) / 1e6:.1f}M parameters"
             for w, s in workloads(device, args.quick).items()),
