@@ -374,7 +374,8 @@ def test_repro_fit_logs_the_metrics_to_an_offline_wandb_run(tmp_path, monkeypatc
                "--trainer.enable_progress_bar", "false",
                "--trainer.default_root_dir", str(tmp_path),
                "--trainer.logger.init_args.save_dir", str(tmp_path)])
-    wandb.finish()  # the CLI leaves the run open until exit; finishing flushes it to disk
+    wandb.finish()  # the CLI leaves the run open until exit
+    wandb.teardown()  # stops W&B's service, which flushes the offline run file to disk
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
     rows = read_wandb_history(run_file)
     logged = [row for row in rows if "train/generator_iterations" in row]
