@@ -1,5 +1,5 @@
 """``python -m reproductions fit -c CONFIG``: the same as ``repro``."""
 
-from .cli import main
+from .cli import console_main
 
-main()
+console_main()

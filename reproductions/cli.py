@@ -26,6 +26,7 @@ from __future__ import annotations
 import netrc
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -44,6 +45,10 @@ WANDB_LOGGERS = ("pytorch_lightning.loggers.WandbLogger",
                  "pytorch_lightning.loggers.wandb.WandbLogger", "lightning.pytorch.loggers.WandbLogger")
 SUBCOMMANDS = ("compare", "bench", "dashboard")
 
+
+# Lightning warns that a step checkpoint under manual optimization holds the state after the
+# optimizer step and prints a code sample; that state is exactly what resuming needs.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 def wandb_logged_in() -> bool:
     """An API key in the environment or in ~/.netrc, found without prompting or a network."""
@@ -141,6 +146,12 @@ class ReproCLI(LightningCLI):
                 every_n_train_steps=plain["checkpoint_every_n_steps"]))
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
         return super().instantiate_trainer(**kwargs)
+
+
+def console_main() -> None:
+    """The ``repro`` console script: runs ``main`` and returns nothing, so that the process exits
+    with 0 (a console script passes its function's return value to ``sys.exit``)."""
+    main()
 
 
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI | None:

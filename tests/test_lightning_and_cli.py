@@ -104,3 +104,16 @@ def test_module_entry_point_shows_the_subcommands():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "fit" in result.stdout and "--config" in result.stdout
+
+
+def test_console_script_exits_with_zero_after_a_run(monkeypatch):
+    # A console script hands its function's return value to sys.exit: returning the CLI object
+    # would print it and exit with status 1 after a successful run.
+    import tomllib
+    from pathlib import Path
+
+    scripts = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    module, function = scripts["project"]["scripts"]["repro"].split(":")
+    assert (module, function) == ("reproductions.cli", "console_main")
+    monkeypatch.setattr(cli, "main", lambda: object())
+    assert cli.console_main() is None
