@@ -11,6 +11,10 @@ skip-connected LSTM stack (``SkipLSTM``), and every layer feeds a linear output 
 predicts the next symbol (eq. 6-7). The loss is the mean negative log-likelihood in nats;
 bits per character = nats / ln 2, logged as ``train/bpc``, ``val/bpc``, ``test/bpc``.
 
+The LSTM layers are ``nn.LSTM`` by default, so cuDNN serves them. ``peephole: true`` builds them
+as the paper's LSTM with peephole connections (eq. 7-11, ``skip_lstm.PeepholeLSTM``), which
+cuDNN lacks: the paper's network, stepped through time in Python and so slower.
+
 Training is truncated BPTT over the datamodule's streams: the hidden state is carried from one
 window to the next (detached) and zeroed when the batch says ``reset``.
 
@@ -63,6 +67,8 @@ class CharRNN(pl.LightningModule):
     Args:
         hidden_size: LSTM units per layer (the paper: 700 for Wikipedia, 1000 for PTB).
         num_layers: stacked LSTM layers (the paper: 7 for Wikipedia, 1 for PTB).
+        peephole: the paper's LSTM with peephole connections (eq. 7-11) in every layer; off by
+            default, since cuDNN serves the plain ``nn.LSTM`` and has no peepholes.
         input_encoding: ``one_hot`` (the paper) or ``embedding`` of ``embedding_dim``.
         optimizer: built on the parameters; default ``optimizers.presets.Graves`` (eq. 38-41).
         loss_reduction: the training objective: ``sequence`` (the loss summed over each
@@ -81,6 +87,7 @@ class CharRNN(pl.LightningModule):
         self,
         hidden_size: int = 700,
         num_layers: int = 7,
+        peephole: bool = False,
         input_encoding: Literal["one_hot", "embedding"] = "one_hot",
         embedding_dim: int = 64,
         optimizer: OptimizerCallable = presets.Graves,
@@ -99,6 +106,8 @@ class CharRNN(pl.LightningModule):
                                    ("sample_length", sample_length, 0)):
             if not isinstance(value, int) or value < least:
                 raise ValueError(f"CharRNN: {name} must be an integer >= {least}, got {value!r}")
+        if not isinstance(peephole, bool):
+            raise ValueError(f"CharRNN: peephole must be true or false, got {peephole!r}")
         if input_encoding not in ("one_hot", "embedding"):
             raise ValueError("CharRNN: input_encoding must be 'one_hot' or 'embedding', got "
                              f"{input_encoding!r}")
@@ -147,7 +156,7 @@ class CharRNN(pl.LightningModule):
         self.embedding = nn.Embedding(n, hp.embedding_dim) if hp.input_encoding == "embedding" \
             else None
         input_size = hp.embedding_dim if self.embedding is not None else n
-        self.lstm = SkipLSTM(input_size, hp.hidden_size, hp.num_layers)
+        self.lstm = SkipLSTM(input_size, hp.hidden_size, hp.num_layers, peephole=hp.peephole)
         self.output_layer = nn.Linear(self.lstm.output_size, n)  # eq. 6: from every layer
         self.to(device)
 
