@@ -35,8 +35,9 @@ class PeepholeLSTM(nn.Module):
     The peephole matrices W_c* are diagonal, so each is a vector here (``peephole_weight``, rows
     w_ci, w_cf, w_co). Called like a one-layer ``nn.LSTM(batch_first=True)``: ``(x, (h, c))`` ->
     ``(output, (h, c))`` with states of shape (1, batch, hidden). The gate rows of ``weight_ih``,
-    ``weight_hh`` and ``bias`` follow nn.LSTM's order (i, f, c, o), so its weights copy across
-    (with ``bias = bias_ih + bias_hh``: the paper has one bias per gate).
+    ``weight_hh`` and ``bias`` follow nn.LSTM's order (i, f, g, o; g is the cell input of eq. 9),
+    so its weights copy across (with ``bias = bias_ih + bias_hh``: the paper has one bias per
+    gate).
     """
 
     def __init__(self, input_size: int, hidden_size: int) -> None:

@@ -58,7 +58,7 @@ def sigmoid(z: float) -> float:
 
 def test_one_step_matches_graves_equations_by_hand():
     """One time step, unit by unit in Python floats, of Graves (2013) eq. 7-11 with non-zero
-    peepholes; the weights are read through the documented gate order (i, f, c, o)."""
+    peepholes; the weights are read through the documented gate order (i, f, g, o)."""
     torch.manual_seed(0)
     n_in, n_hidden, batch = 3, 4, 2
     cell = PeepholeLSTM(n_in, n_hidden).double()
