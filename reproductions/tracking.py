@@ -127,7 +127,10 @@ def run_directory(trainer: Trainer) -> Path:
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             return Path(logger.experiment.dir)
-    return Path(trainer.log_dir or trainer.default_root_dir)
+    # The logger's own log_dir, not trainer.log_dir: the latter is a collective broadcast, and
+    # this runs on rank 0 only, so under DDP it would leave the other ranks waiting forever.
+    log_dir = trainer.loggers[0].log_dir if trainer.loggers else None
+    return Path(log_dir or trainer.default_root_dir)
 
 
 def optimizer_hyperparameters(optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -49,3 +49,15 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tmp_path,
         # the runs trained (moved far beyond the tolerance) and agree to fp32 rounding
         assert (one[name] - initial[name]).abs().max() > 1e-4, name
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_ddp_finishes_without_a_wandb_logger(tmp_path):
+    # The run-config callback runs on rank 0 only; it must not call a collective (trainer.log_dir
+    # broadcasts), or the other rank waits forever. Before the fix this run hung.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "reproductions", "fit", *TINY, "--trainer.logger=false",
+                    f"--trainer.default_root_dir={tmp_path}", "--trainer.strategy=ddp",
+                    "--trainer.devices=2", f"--data.batch_size={TRAIN_SPLIT // 2}"],
+                   cwd=ROOT, env=env, check=True, timeout=120, capture_output=True)
+    assert list(tmp_path.rglob("config.yaml"))
+    assert list(tmp_path.rglob("last.ckpt"))
