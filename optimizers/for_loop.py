@@ -6,7 +6,6 @@ place, so autograd can follow the step.
 
 from __future__ import annotations
 
-import torch
 
 from . import reference
 from .group import GroupTensors, compute_dtype

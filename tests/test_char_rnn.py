@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from reproductions.wandb_records import read_run
 from datamodules.text import (UNK, CorpusError, StreamWindows, TextDataModule, Vocabulary)
 from reproductions.char_rnn import CharRNN, main as char_rnn_main, nats_to_bits
 
@@ -357,26 +358,8 @@ def test_paper_configs_match_papers_md(monkeypatch, tmp_path):
 # End to end: repro fit on the smoke config, W&B offline, then sampling from the checkpoint
 # ------------------------------------------------------------------------------------------
 def offline_history(run_file: Path) -> list[dict]:
-    """History rows of an offline W&B run file: a LevelDB-format log (a 7-byte file header, then
-    32 KiB blocks of chunks, each with a 7-byte header crc32/length/type) of protobuf Records."""
-    from wandb.proto import wandb_internal_pb2
-
-    data, rows, pending, at, block = run_file.read_bytes(), [], b"", 7, 32 * 1024
-    assert data.startswith(b":W&B")
-    while at + 7 <= len(data):
-        if block - at % block < 7:  # a block's tail too short for a header is padding
-            at += block - at % block
-            continue
-        length, kind = int.from_bytes(data[at + 4:at + 6], "little"), data[at + 6]
-        pending += data[at + 7:at + 7 + length]
-        at += 7 + length
-        if kind in (1, 4):  # a FULL record, or the LAST chunk of one
-            record = wandb_internal_pb2.Record.FromString(pending)
-            pending = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                             for item in record.history.item})
-    return rows
+    """History rows of an offline W&B run file, read by the project's own offline reader."""
+    return read_run(run_file.parent).history
 
 
 def test_repro_fit_logs_bpc_and_samples_then_samples_from_checkpoint(monkeypatch, tmp_path,

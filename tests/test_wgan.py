@@ -4,7 +4,6 @@ penalty, the step/gradient cosine, configs against papers.md, bad input, and one
 from __future__ import annotations
 
 import math
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import wandb
 from PIL import Image
 from torch import nn
 
+from reproductions.wandb_records import read_run
 from datamodules.images import DatasetError
 from optimizers import RMSprop
 from reproductions.cli import main
@@ -324,31 +324,8 @@ def test_model_and_data_shapes_must_agree(tmp_path):
 
 # --------------------------------------------------------------------------- end to end
 def read_wandb_history(run_file: Path) -> list[dict]:
-    """History rows of an offline W&B run: a LevelDB-style log (7-byte file header, 32 KiB blocks
-    of records with a 7-byte header: crc32, length, type) of protobuf Records."""
-    import json
-
-    from wandb.proto import wandb_internal_pb2
-
-    data = run_file.read_bytes()
-    assert data[:4] == b":W&B"
-    rows, chunks, position, block = [], b"", 7, 32768
-    while position + 7 <= len(data):
-        left_in_block = block - position % block
-        if left_in_block < 7:
-            position += left_in_block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
-        chunks += data[position + 7:position + 7 + length]
-        position += 7 + length
-        if kind in (1, 4):  # FULL or LAST
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(chunks)
-            chunks = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append({(item.key or "/".join(item.nested_key)): json.loads(item.value_json)
-                             for item in record.history.item})
-    return rows
+    """History rows of an offline W&B run file, read by the project's own offline reader."""
+    return read_run(run_file.parent).history
 
 
 def write_png_folder(root: Path, count: int = 16) -> None:
