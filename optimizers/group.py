@@ -25,24 +25,6 @@ class GroupTensors:
     momentum_buffers: list[Tensor] = field(default_factory=list)  # empty unless momentum > 0
     steps: list[Tensor] = field(default_factory=list)
 
-    def split_by_device_and_dtype(self) -> dict[tuple[torch.device, torch.dtype], GroupTensors]:
-        """Buckets that a single foreach call or kernel launch can take."""
-        kinds = {(p.device, p.dtype) for p in self.params}
-        if len(kinds) == 1:  # the common case: no copying
-            return {kinds.pop(): self}
-        buckets: dict[tuple[torch.device, torch.dtype], GroupTensors] = {}
-        for i, p in enumerate(self.params):
-            bucket = buckets.setdefault((p.device, p.dtype), GroupTensors())
-            bucket.params.append(p)
-            bucket.grads.append(self.grads[i])
-            bucket.square_avgs.append(self.square_avgs[i])
-            bucket.steps.append(self.steps[i])
-            if self.grad_avgs:
-                bucket.grad_avgs.append(self.grad_avgs[i])
-            if self.momentum_buffers:
-                bucket.momentum_buffers.append(self.momentum_buffers[i])
-        return buckets
-
 
 def hyperparameters(group: dict) -> Hyperparameters:
     """The update rule's settings, read from a param group (lr may be a tensor)."""

@@ -7,8 +7,10 @@ update rule is written out in ``optimizers/reference.py``; three implementations
 * the Triton kernel (``fused=None`` on CUDA, or ``fused=True``): one launch per (device, dtype);
 * the foreach path (the default elsewhere): a few ``torch._foreach`` calls per bucket;
 * the per-tensor path (``foreach=False``, ``differentiable=True``);
-* the foreach path compiled by Inductor (``compiled=True``): an opt-in fast CPU path with a
-  one-time compile cost.
+* ``compiled=True``, the opt-in fast CPU path with a one-time build: a fused C++ loop
+  (``cpu_kernel.cpp``, one pass over memory for all float32/float64 tensors of a bucket), and the
+  foreach path compiled by Inductor for what that loop does not take (half-precision params,
+  non-contiguous tensors, devices other than the CPU).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import cpu_kernel
 from .for_loop import for_loop_update
 from .foreach import compiled_update, foreach_update
 from .group import GroupTensors, hyperparameters
@@ -123,7 +126,8 @@ class RMSprop(Optimizer):
         bias_correction: divide v and m by 1 - alpha^t (needs initial_square_avg 0).
         fused: None: the Triton kernel on CUDA, the foreach path elsewhere; True: the kernel or an
             error; False: never the kernel.
-        compiled: run the foreach update through torch.compile (fast on CPU; compiles once).
+        compiled: the fast CPU path: a fused C++ loop over the whole bucket, built once per machine
+            (about a minute; cached); Inductor (torch.compile) where the loop does not apply.
         state_dtype: dtype of square_avg, grad_avg and momentum_buffer (e.g. float32 for bf16
             params); None keeps the param's dtype as torch does. The math is always fp32 or wider.
     """
@@ -220,6 +224,9 @@ class RMSprop(Optimizer):
         return device.type == "cuda" and triton_available()
 
     def _init_state(self, p: Tensor, group: dict[str, Any], step_on_device: bool) -> dict:
+        if p.is_complex():
+            raise RuntimeError("RMSprop: complex parameters are not supported; "
+                               "optimise torch.view_as_real(param) instead")
         dtype = group["state_dtype"] or p.dtype
         state = self.state[p]
         state["step"] = torch.zeros((), dtype=torch.float32,
@@ -233,30 +240,32 @@ class RMSprop(Optimizer):
             state["grad_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         return state
 
-    def _init_group(self, group: dict[str, Any]) -> GroupTensors:
-        """The group's params that have a gradient, with their state (created on first use).
+    def _init_group(self, group: dict[str, Any]) -> dict[tuple[torch.device, torch.dtype],
+                                                          GroupTensors]:
+        """The group's params that have a gradient, with their state (created on first use),
+        in buckets of one (device, dtype) each: what one foreach call or kernel launch takes.
 
         The kernel and capturable steps keep ``step`` on the param's device (as torch's fused
         optimizers do); the other paths keep it on the host.
         """
-        tensors = GroupTensors()
+        buckets: dict[tuple[torch.device, torch.dtype], GroupTensors] = {}
+        step_on_device: dict[tuple[torch.device, torch.dtype], bool] = {}
         centered, has_momentum = group["centered"], group["momentum"] > 0
-        step_on_device: dict[torch.device, bool] = {}
         for p in group["params"]:
             grad = p.grad
             if grad is None:
                 continue
             if grad.is_sparse:
                 raise RuntimeError("RMSprop does not support sparse gradients")
-            if p.is_complex():
-                raise RuntimeError("RMSprop: complex parameters are not supported; "
-                                   "optimise torch.view_as_real(param) instead")
-            if p.device not in step_on_device:
-                step_on_device[p.device] = group["capturable"] or self._uses_kernel(group, p.device)
+            key = (p.device, p.dtype)
+            tensors = buckets.get(key)
+            if tensors is None:
+                tensors = buckets[key] = GroupTensors()
+                step_on_device[key] = group["capturable"] or self._uses_kernel(group, p.device)
             state = self.state.get(p)
             if not state:
-                state = self._init_state(p, group, step_on_device[p.device])
-            elif step_on_device[p.device] and state["step"].device != p.device:
+                state = self._init_state(p, group, step_on_device[key])
+            elif step_on_device[key] and state["step"].device != p.device:
                 state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
             tensors.params.append(p)
             tensors.grads.append(grad)
@@ -266,7 +275,7 @@ class RMSprop(Optimizer):
                 tensors.momentum_buffers.append(state["momentum_buffer"])
             if centered:
                 tensors.grad_avgs.append(state["grad_avg"])
-        return tensors
+        return buckets
 
     def _update_bucket(self, group: dict[str, Any], index: int, key: tuple, tensors: GroupTensors) -> None:
         hp = hyperparameters(group)
@@ -286,7 +295,8 @@ class RMSprop(Optimizer):
             if group["fused"]:
                 raise RuntimeError(f"RMSprop: fused=True but the kernel cannot take {reason}")
         if group["compiled"]:
-            compiled_update(tensors, hp)
+            if device.type != "cpu" or not cpu_kernel.fused_cpu_update(tensors, hp):
+                compiled_update(tensors, hp)  # Inductor: other devices and dtypes
         elif group["foreach"] is False or group["differentiable"]:
             for_loop_update(tensors, hp)
         else:
@@ -299,8 +309,7 @@ class RMSprop(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for index, group in enumerate(self.param_groups):
-            tensors = self._init_group(group)
             with torch.set_grad_enabled(group["differentiable"]):
-                for key, bucket in tensors.split_by_device_and_dtype().items():
+                for key, bucket in self._init_group(group).items():
                     self._update_bucket(group, index, key, bucket)
         return loss

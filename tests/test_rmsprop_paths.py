@@ -1,5 +1,6 @@
-"""Every variant on every path (foreach, for-loop, the Triton kernel in the interpreter, and the
-compiled path) against the float64 reference, over many steps."""
+"""Every variant on every path (foreach, for-loop, the Triton kernel in the interpreter, the
+fused CPU loop of ``compiled=True`` and its Inductor fallback) against the float64 reference,
+over many steps."""
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ PATHS = {
     "foreach": {},
     "for_loop": {"foreach": False},
     "kernel": {"fused": True},
+    "fused_cpu": {"compiled": True},
 }
 needs_kernel = pytest.mark.skipif(not kernel_can_run(torch.device("cpu")),
                                   reason="Triton is not installed")
@@ -45,10 +47,42 @@ def check_against_reference(variant, path_settings, shapes=SHAPES, steps=STEPS,
                                            rtol=rtol, atol=atol)
 
 
+@pytest.fixture
+def no_inductor(monkeypatch):
+    """Fail if compiled=True falls back to Inductor: the fused CPU loop must take the bucket."""
+    def fallback(*args):
+        raise AssertionError("the fused CPU loop refused a bucket it should take")
+    monkeypatch.setattr("optimizers.rmsprop.compiled_update", fallback)
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-@pytest.mark.parametrize("path", ["foreach", "for_loop"])
-def test_cpu_paths_match_reference(path, variant):
+@pytest.mark.parametrize("path", ["foreach", "for_loop", "fused_cpu"])
+def test_cpu_paths_match_reference(path, variant, no_inductor):
     check_against_reference(variant, PATHS[path])
+
+
+def test_fused_cpu_odd_sizes_and_many_tensors_across_threads(no_inductor):
+    # Tensors straddle the threads' chunks (cpu_kernel.GRAIN elements each); an empty tensor and
+    # single elements sit between them.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        shapes = [(1,), (0,), (65537,), (40000,), (1023,)] + [(i % 7 + 1, i % 5 + 2)
+                                                             for i in range(40)]
+        check_against_reference("graves", PATHS["fused_cpu"], shapes=shapes, steps=3)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_fused_cpu_in_float64_matches_the_reference_to_rounding(no_inductor):
+    settings = VARIANTS["centered_momentum"]
+    start = initial_params(SHAPES, torch.float64)
+    expected, _ = reference_trajectory(start, settings, STEPS)
+    actual, _ = optimizer_trajectory(lambda ps: RMSprop(ps, **settings, compiled=True), start,
+                                     STEPS)
+    for a, e in zip(actual, expected):
+        assert a.dtype == torch.float64
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-14)
 
 
 @needs_kernel
@@ -64,7 +98,8 @@ def test_kernel_odd_sizes_and_many_tensors():
     check_against_reference("centered_momentum", PATHS["kernel"], shapes=shapes, steps=3)
 
 
-@pytest.mark.parametrize("path", ["foreach", "for_loop", pytest.param("kernel", marks=needs_kernel)])
+@pytest.mark.parametrize("path", ["foreach", "for_loop", pytest.param("kernel", marks=needs_kernel),
+                                  "fused_cpu"])  # fused_cpu: half params go to Inductor
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_params_with_fp32_state(path, dtype):
     # fp32 state and fp32 math: the parameters only pick up the rounding of their own storage.
@@ -83,7 +118,8 @@ def test_low_precision_params_with_fp32_state(path, dtype):
         torch.testing.assert_close(a.double(), e, rtol=STEPS * resolution, atol=STEPS * resolution)
 
 
-@pytest.mark.parametrize("path", ["foreach", "for_loop", pytest.param("kernel", marks=needs_kernel)])
+@pytest.mark.parametrize("path", ["foreach", "for_loop", pytest.param("kernel", marks=needs_kernel),
+                                  "fused_cpu"])
 def test_tensor_learning_rate(path):
     settings = dict(VARIANTS["nesterov"])
     settings_tensor = dict(settings, lr=torch.tensor(settings.get("lr", 1e-2)))
@@ -97,14 +133,21 @@ def test_tensor_learning_rate(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["plain", "graves", "bias_correction"])
-def test_compiled_path_matches_reference(variant):
-    check_against_reference(variant, {"compiled": True})
-
-
-def test_compiled_path_small():
-    # A quick compile (two tensors) keeps the compiled path in the default suite.
-    check_against_reference("centered_momentum", {"compiled": True},
-                            shapes=[(3,), (2, 2)], steps=3)
+def test_inductor_fallback_matches_reference(variant):
+    # Non-contiguous params (a transposed view) are beyond the fused CPU loop: Inductor takes them.
+    settings = VARIANTS[variant]
+    start = initial_params([(5, 7), (3, 4)])
+    params = [torch.nn.Parameter(s.t().contiguous().t()) for s in start]
+    assert not params[0].is_contiguous()
+    expected, _ = reference_trajectory(start, settings, STEPS)
+    optimizer = RMSprop(params, compiled=True, **settings)
+    for step in range(STEPS):
+        for index, p in enumerate(params):
+            p.grad = gradient(p.shape, step, index, p.dtype)
+        optimizer.step()
+    rtol, atol = TOLERANCES.get(variant, DEFAULT_TOLERANCE)
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach().double(), e, rtol=rtol, atol=atol)
 
 
 def test_compiled_path_follows_a_changing_learning_rate():

@@ -1,5 +1,5 @@
-"""Random combinations of every setting (hypothesis): the foreach path and the kernel follow the
-float64 reference, whatever the combination."""
+"""Random combinations of every setting (hypothesis): the foreach path, the fused CPU loop and
+the kernel follow the float64 reference, whatever the combination."""
 
 import pytest
 import torch
@@ -51,6 +51,12 @@ def assert_follows_reference(config, path):
 @given(config=rmsprop_settings())
 def test_foreach_follows_reference_for_any_combination(config):
     assert_follows_reference(config, {})
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(config=rmsprop_settings())
+def test_fused_cpu_loop_follows_reference_for_any_combination(config):
+    assert_follows_reference(config, {"compiled": True})
 
 
 @pytest.mark.skipif(not kernel_can_run(torch.device("cpu")), reason="Triton is not installed")
