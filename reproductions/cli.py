@@ -70,14 +70,16 @@ def wandb_offline() -> bool:
 
 
 def default_logger() -> dict:
-    offline = wandb_offline()
-    if offline and not os.environ.get("WANDB_MODE"):
-        print(f"W&B: not logged in, logging offline under ./{RUN_DIR}/wandb; "
-              f"upload later with `wandb sync {RUN_DIR}/wandb/offline-run-*`", file=sys.stderr)
     return {
         "class_path": "reproductions.tracking.ReproWandbLogger",
-        "init_args": {"project": WANDB_PROJECT, "save_dir": RUN_DIR, "offline": offline},
+        "init_args": {"project": WANDB_PROJECT, "save_dir": RUN_DIR, "offline": wandb_offline()},
     }
+
+
+def offline_hint(save_dir: str) -> str:
+    """The one line a user who is not logged in sees before a run starts."""
+    return (f"W&B: not logged in, logging offline under {save_dir}/wandb; upload later with "
+            f"`wandb sync {save_dir}/wandb/offline-run-*`")
 
 
 def run_name(config: dict[str, Any]) -> str:
@@ -128,6 +130,8 @@ class ReproCLI(LightningCLI):
             for key, value in run_identity(plain).items():
                 if not logger.init_args.get(key):
                     logger.init_args[key] = value
+            if logger.init_args.get("offline") and not os.environ.get("WANDB_MODE"):
+                print(offline_hint(logger.init_args.get("save_dir") or RUN_DIR), file=sys.stderr)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         plain = self.active_config().as_dict()

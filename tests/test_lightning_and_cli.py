@@ -117,3 +117,24 @@ def test_console_script_exits_with_zero_after_a_run(monkeypatch):
     assert (module, function) == ("reproductions.cli", "console_main")
     monkeypatch.setattr(cli, "main", lambda: object())
     assert cli.console_main() is None
+
+
+def not_logged_in(monkeypatch, tmp_path):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+
+
+def test_offline_hint_only_before_a_run_and_naming_its_folder(monkeypatch, tmp_path, capsys):
+    not_logged_in(monkeypatch, tmp_path)
+    monkeypatch.setattr(sys, "argv", ["repro"])
+    with pytest.raises(SystemExit):
+        cli.main(["fit", "--help"])
+    assert "W&B" not in capsys.readouterr().err  # --help starts no run: no hint
+    save_dir = tmp_path / "my_runs"
+    cli.main(["-c", "configs/bn_lstm/smoke.yaml", "--trainer.logger.init_args.save_dir",
+              str(save_dir)], run=False)  # parses and instantiates, trains nothing
+    hint = [line for line in capsys.readouterr().err.splitlines() if line.startswith("W&B")]
+    assert hint == [f"W&B: not logged in, logging offline under {save_dir}/wandb; upload later "
+                    f"with `wandb sync {save_dir}/wandb/offline-run-*`"]
