@@ -6,9 +6,9 @@
         trainer/global_step) and ``final_metrics.md``, a markdown table of each run's last values.
     repro bench -c CFG [-c CFG2 ...] --seeds 3 [--out DIR] [-- extra repro fit arguments]
         One ``repro fit`` process per (config, seed), seeds 0..N-1, each logging into its own
-        folder DIR/<config stem>-seed<k> (run name the same); then DIR/bench.md, a markdown
-        table of mean ± sample std (over seeds) of each metric's final value. Configs are
-        checked (they exist, they keep a logger) before the first run starts.
+        folder DIR/<config folder>-<config stem>-seed<k> (the run's name too); then
+        DIR/bench.md, a markdown table of mean ± sample std (over seeds) of each metric's final
+        value. Configs are checked (they exist, they keep a logger) before the first run starts.
     repro dashboard [--entity E] [--project P]
         Per reproduction (W&B group) in the project, a workspace and a report (wandb-workspaces)
         with the panels of the paper's figures (``PAPER_FIGURES``) and RMSpropMonitor's panels,
@@ -157,12 +157,12 @@ def bench(configs: list[str], seeds: int, out: Path, extra: list[str]) -> Path:
         p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
     finals: dict[str, dict[str, list[float]]] = {}
     for config in configs:
-        stem = Path(config).stem
-        for seed in range(seeds):
+        stem = f"{Path(config).parent.name}-{Path(config).stem}"  # configs/bn_lstm/smoke.yaml:
+        for seed in range(seeds):                                 # bn_lstm-smoke
             save_dir = out / f"{stem}-seed{seed}"
             command = bench_command(config, seed, save_dir, extra)
             print("repro bench:", " ".join(command[2:]), flush=True)
-            if subprocess.run(command, env=env).returncode:
+            if subprocess.run(command, env=env, check=False).returncode:
                 raise RuntimeError(f"repro bench: {config} with seed {seed} failed (its output is "
                                    f"above); command: {' '.join(command[2:])}")
             for metric, points in read_series(logged_run(save_dir)).items():
@@ -190,8 +190,8 @@ class Panel:
 GENERATOR_ITERATIONS = "train/generator_iterations"
 # What each paper's figures plot, per W&B group (= the reproduction's module, tracking.run_identity).
 PAPER_FIGURES: dict[str, tuple[str, tuple[Panel, ...]]] = {
-    "wgan": ("Arjovsky et al. 2017 (WGAN): Fig. 3, the critic's W estimate falls as samples "
-             "improve; Sec. 4.2, the critic optimizer's step against its gradient", (
+    "wgan": (("Arjovsky et al. 2017 (WGAN): Fig. 3, the critic's W estimate falls as samples "
+              "improve; Sec. 4.2, the critic optimizer's step against its gradient"), (
         Panel("W estimate vs generator iterations (Fig. 3)", ("train/wasserstein_estimate",),
               GENERATOR_ITERATIONS),
         Panel("Frechet distance vs generator iterations", ("train/frechet_distance",),
@@ -255,7 +255,7 @@ def build_workspace(group: str, tags: set[str], entity: str, project: str) -> An
     Building it needs no network; ``.save()`` does."""
     import wandb_workspaces.workspaces as ws
 
-    caption, figures = PAPER_FIGURES.get(group, (group, ()))
+    _, figures = PAPER_FIGURES.get(group, (group, ()))
     return ws.Workspace(
         name=f"{group}: RMSProp reproduction", entity=entity, project=project,
         sections=[ws.Section(name=f"{group}: paper figures", panels=line_plots(list(figures)),
