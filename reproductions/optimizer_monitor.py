@@ -14,10 +14,14 @@ under ``train/optimizer{i}/group{j}/...`` and ``train/optimizer{i}/layer/<param 
     variance_min            centered only: min of v^ - m^^2 (0 or below means d rests on eps)
     variance_nonpositive    centered only: fraction of elements with v^ - m^^2 <= 0
 
+    step_size_hist          W&B histogram of lr / d (``histogram_bins`` equal bins over its sampled
+                            range), per group and, with ``per_layer``, per layer
+
 Statistics come from a fixed random sample of at most ``max_samples`` elements per tensor (all of a
-small one), computed on the tensor's device; one host copy per interval. Histograms of the step
-size go to W&B when a logger is a WandbLogger. Optimizers whose state has no ``square_avg``
-(Adam, SGD) are skipped; ``torch.optim.RMSprop`` is read like ours (no eps_in_sqrt: eps outside).
+small one), computed on the tensor's device, histograms included (counts and edges, no host
+sync); one host copy per interval. Histograms go to every WandbLogger (``wandb.Histogram``), the
+scalars to every logger. Optimizers whose state has no ``square_avg`` (Adam, SGD) are skipped;
+``torch.optim.RMSprop`` is read like ours (no eps_in_sqrt: eps outside).
 """
 
 from __future__ import annotations
@@ -52,9 +56,8 @@ def denominator_statistic(state: dict[str, Tensor], group: dict[str, Any],
     return s, variance
 
 
-def rmsprop_statistics(v: Tensor, s: Tensor, variance: Tensor | None, group: dict[str, Any],
-                       before: Tensor | None, after: Tensor | None) -> dict[str, Tensor]:
-    """The monitored quantities of one set of elements, as 0-dim tensors on their device."""
+def step_sizes(s: Tensor, group: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """lr / d per element, and whether eps outweighs what it is added to (module docstring)."""
     lr, eps = float(group["lr"]), float(group["eps"])
     if group.get("eps_in_sqrt"):
         denominator = torch.sqrt(s.clamp_min(0) + eps)
@@ -63,8 +66,26 @@ def rmsprop_statistics(v: Tensor, s: Tensor, variance: Tensor | None, group: dic
         root = torch.sqrt(s.clamp_min(0))
         denominator = root + eps
         eps_dominated = eps > root
-    step_size = lr / denominator
-    quantiles = torch.quantile(step_size, torch.tensor(QUANTILES, device=s.device))
+    return lr / denominator, eps_dominated
+
+
+def histogram(values: Tensor, bins: int) -> tuple[Tensor, Tensor]:
+    """Counts and edges of ``bins`` equal bins over [min, max] (numpy.histogram's rule: the last
+    bin is closed), on the values' device without a host sync (torch.histogram is CPU-only and
+    torch.histc wants host floats for its range)."""
+    low, high = values.min(), values.max()
+    width = (high - low).clamp_min(torch.finfo(values.dtype).tiny)
+    index = ((values - low) / width * bins).floor().long().clamp_(0, bins - 1)
+    counts = torch.bincount(index, minlength=bins)
+    edges = low + (high - low) * torch.linspace(0, 1, bins + 1, device=values.device)
+    return counts, edges
+
+
+def rmsprop_statistics(v: Tensor, step_size: Tensor, eps_dominated: Tensor,
+                       variance: Tensor | None, before: Tensor | None,
+                       after: Tensor | None) -> dict[str, Tensor]:
+    """The monitored quantities of one set of elements, as 0-dim tensors on their device."""
+    quantiles = torch.quantile(step_size, torch.tensor(QUANTILES, device=step_size.device))
     stats = {f"step_size_p{round(q * 100)}": value for q, value in zip(QUANTILES, quantiles)}
     stats["eps_dominated"] = eps_dominated.float().mean()
     stats["square_avg_min"], stats["square_avg_max"] = v.min(), v.max()
@@ -83,16 +104,20 @@ class RMSpropMonitor(Callback):
         every_n_steps: interval in steps of each optimizer; 0 turns the monitor off.
         max_samples: elements sampled per tensor (a fixed random subset, drawn once).
         per_layer: also log each parameter tensor, named as in ``named_parameters()``.
-        histograms: log a W&B histogram of the step size per group (WandbLogger only).
+        histograms: log a W&B histogram of the step size per group (and per layer with
+            ``per_layer``) to each WandbLogger.
+        histogram_bins: equal-width bins of each histogram (W&B takes at most 512).
     """
 
     def __init__(self, every_n_steps: int = 100, max_samples: int = 4096, per_layer: bool = True,
-                 histograms: bool = True, seed: int = 0) -> None:
-        if every_n_steps < 0 or max_samples < 1:
-            raise ValueError(f"RMSpropMonitor: every_n_steps must be >= 0 and max_samples >= 1, "
-                             f"got {every_n_steps} and {max_samples}")
+                 histograms: bool = True, histogram_bins: int = 64, seed: int = 0) -> None:
+        if every_n_steps < 0 or max_samples < 1 or not 1 <= histogram_bins <= 512:
+            raise ValueError(f"RMSpropMonitor: every_n_steps must be >= 0, max_samples >= 1 and "
+                             f"histogram_bins in [1, 512]; got {every_n_steps}, {max_samples} "
+                             f"and {histogram_bins}")
         self.every_n_steps, self.max_samples = every_n_steps, max_samples
         self.per_layer, self.histograms, self.seed = per_layer, histograms, seed
+        self.histogram_bins = histogram_bins
         self._handles: list[Any] = []
         self._counts: dict[int, int] = {}
         self._samples: dict[Tensor, Tensor | None] = {}
@@ -100,6 +125,7 @@ class RMSpropMonitor(Callback):
         self._names: dict[Tensor, str] = {}
         self._trainer: Trainer | None = None
         self.last_logged: dict[str, float] = {}
+        self.last_histograms: dict[str, tuple[list[int], list[float]]] = {}
 
     # -- wiring ----------------------------------------------------------------------------------
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -156,12 +182,14 @@ class RMSpropMonitor(Callback):
         return flat if index is None else flat[index]
 
     # -- measuring -------------------------------------------------------------------------------
-    def measure(self, optimizer: torch.optim.Optimizer, index: int) -> dict[str, Tensor]:
-        """The statistics of every group (and layer) of ``optimizer`` in its current state."""
+    def measure(self, optimizer: torch.optim.Optimizer, index: int) -> dict[str, Any]:
+        """The statistics of every group (and layer) of ``optimizer`` in its current state: 0-dim
+        tensors, and (counts, edges) pairs for the histograms; all on the parameters' device."""
         prefix = f"train/optimizer{index}"
-        metrics: dict[str, Tensor] = {}
+        metrics: dict[str, Any] = {}
         for group_index, group in enumerate(optimizer.param_groups):
-            parts: dict[str, list[Tensor]] = {"v": [], "s": [], "var": [], "before": [], "after": []}
+            parts: dict[str, list[Tensor]] = {"v": [], "step": [], "eps": [], "var": [],
+                                              "before": [], "after": []}
             for p in group["params"]:
                 state = optimizer.state.get(p, {})
                 if "square_avg" not in state:
@@ -170,15 +198,21 @@ class RMSpropMonitor(Callback):
                 v = state["square_avg"].detach().reshape(-1).float()
                 v = v if sample_index is None else v[sample_index]
                 s, variance = denominator_statistic(state, group, sample_index)
+                step_size, eps_dominated = step_sizes(s, group)
                 before = self._before.get(p)
                 after = self._sample(p) if before is not None else None
                 if self.per_layer:
                     name = self._names.get(p, f"group{group_index}.param{len(parts['v'])}")
-                    for key, value in rmsprop_statistics(v, s, variance, group, before,
-                                                         after).items():
-                        metrics[f"{prefix}/layer/{name}/{key}"] = value
+                    layer = f"{prefix}/layer/{name}"
+                    for key, value in rmsprop_statistics(v, step_size, eps_dominated, variance,
+                                                         before, after).items():
+                        metrics[f"{layer}/{key}"] = value
+                    if self.histograms:
+                        metrics[f"{layer}/step_size_hist"] = histogram(step_size,
+                                                                       self.histogram_bins)
                 parts["v"].append(v)
-                parts["s"].append(s)
+                parts["step"].append(step_size)
+                parts["eps"].append(eps_dominated)
                 if variance is not None:
                     parts["var"].append(variance)
                 if before is not None:
@@ -187,34 +221,40 @@ class RMSpropMonitor(Callback):
             if not parts["v"]:
                 continue
             joined = {k: torch.cat(v) if v else None for k, v in parts.items()}
-            for key, value in rmsprop_statistics(joined["v"], joined["s"], joined["var"], group,
-                                                 joined["before"], joined["after"]).items():
-                metrics[f"{prefix}/group{group_index}/{key}"] = value
+            group_prefix = f"{prefix}/group{group_index}"
+            for key, value in rmsprop_statistics(joined["v"], joined["step"], joined["eps"],
+                                                 joined["var"], joined["before"],
+                                                 joined["after"]).items():
+                metrics[f"{group_prefix}/{key}"] = value
             if self.histograms:
-                lr = float(group["lr"])
-                s = joined["s"].clamp_min(0)
-                denominator = (torch.sqrt(s + float(group["eps"])) if group.get("eps_in_sqrt")
-                               else torch.sqrt(s) + float(group["eps"]))
-                metrics[f"{prefix}/group{group_index}/step_size_hist"] = lr / denominator
+                metrics[f"{group_prefix}/step_size_hist"] = histogram(joined["step"],
+                                                                      self.histogram_bins)
         return metrics
 
-    def publish(self, metrics: dict[str, Tensor]) -> None:
-        """One host copy of all scalars; histograms only to W&B."""
-        scalars = {k: v for k, v in metrics.items() if v.dim() == 0}
-        hosted = dict(zip(scalars, torch.stack(list(scalars.values())).cpu().tolist())) \
-            if scalars else {}
-        self.last_logged = hosted
+    def publish(self, metrics: dict[str, Any]) -> None:
+        """One host copy of all scalars and histograms; scalars to every logger, histograms to
+        the WandbLoggers."""
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, Tensor)}
+        histograms = {k: v for k, v in metrics.items() if isinstance(v, tuple)}
+        pieces = [torch.stack(list(scalars.values()))] if scalars else []
+        for counts, edges in histograms.values():
+            pieces += [counts.float(), edges]
+        hosted = torch.cat(pieces).cpu().tolist() if pieces else []
+        self.last_logged = dict(zip(scalars, hosted[:len(scalars)]))
+        self.last_histograms, offset = {}, len(scalars)
+        for name, (counts, edges) in histograms.items():
+            bins = counts.numel()
+            self.last_histograms[name] = ([round(c) for c in hosted[offset:offset + bins]],
+                                          hosted[offset + bins:offset + 2 * bins + 1])
+            offset += 2 * bins + 1
         trainer = self._trainer
         if trainer is None or not trainer.is_global_zero:
             return
         step = trainer.global_step
         for logger in trainer.loggers:
-            logger.log_metrics(hosted, step=step)
-            if isinstance(logger, WandbLogger):
+            logger.log_metrics(self.last_logged, step=step)
+            if isinstance(logger, WandbLogger) and self.last_histograms:
                 import wandb
 
-                histograms = {k: wandb.Histogram(v.cpu().numpy()) for k, v in metrics.items()
-                              if v.dim() == 1}
-                if histograms:
-                    logger.log_metrics(histograms, step=step)
-
+                logger.log_metrics({name: wandb.Histogram(np_histogram=pair)
+                                    for name, pair in self.last_histograms.items()}, step=step)

@@ -1,11 +1,23 @@
-"""RMSpropMonitor's numbers against hand computations of one RMSProp step."""
+"""RMSpropMonitor's numbers against hand computations of one RMSProp step, and its W&B histograms
+against torch.histogram of the optimizer's state."""
+
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from optimizers import RMSprop
+from optimizers import RMSprop, presets
+from reproductions.cli import main
 from reproductions.optimizer_monitor import RMSpropMonitor
+from reproductions.wandb_records import read_run
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--data.init_args.hershey_lines", "24", "--data.init_args.hershey_val_lines", "4",
+        "--data.init_args.batch_size", "8", "--model.init_args.hidden_size", "8",
+        "--model.init_args.num_mixtures", "2", "--model.init_args.picture_every_n_epochs", "0",
+        "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]
 
 G = np.array([1.0, 1e-3, 2.0, 0.0])  # gradients: one tiny, one zero
 
@@ -75,3 +87,60 @@ def test_large_tensors_are_sampled_and_per_layer_stats_use_the_sample():
     assert logs[2]["train/optimizer0/layer/group0.param0/square_avg_max"] == pytest.approx(
         v[index].max().item())
     assert v[index].max() < v.max()  # the sample, not the whole tensor
+
+
+def test_step_size_histograms_reach_wandb_and_match_torch_histogram(tmp_path, monkeypatch):
+    """A tiny handwriting fit (Graves preset) logging to an offline W&B run: the histograms read
+    back from the run file equal torch.histogram of lr / sqrt(n - g^2 + k) (Graves 2013 eq. 40)
+    computed here from the optimizer's final state, the state of the last monitored step."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    settings = presets.PRESETS["graves"].settings
+    assert settings["centered"] and settings["eps_in_sqrt"] and not settings.get("bias_correction")
+    cli = main(args=["fit", "-c", str(REPO / "configs/handwriting/prediction_smoke.yaml"),
+                     "--data.init_args.root", str(tmp_path / "hershey"), *TINY,
+                     "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+                     "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+                     "--optimizer_monitor.every_n_steps", "2",  # after steps 1 and 3
+                     "--optimizer_monitor.max_samples", "100000", "--optimizer_monitor.seed", "0"])
+    cli.trainer.logger.experiment.finish()
+    run_dir = next((tmp_path / "runs/wandb").glob("offline-run-*"))
+    key = "train/optimizer0/layer/output.weight/step_size_hist"
+    group_key = "train/optimizer0/group0/step_size_hist"
+    rows = wait_for_rows(run_dir, f"{key}/values", 2)
+    assert len(rows) == 2  # optimizer steps 1 and 3
+    # W&B stores a histogram as nested keys: <name>/_type, <name>/values (counts), <name>/bins
+    logged, logged_group = ({part: rows[-1][f"{name}/{part}"] for part in ("_type", "values", "bins")}
+                            for name in (key, group_key))
+    assert logged["_type"] == logged_group["_type"] == "histogram"
+
+    optimizer = cli.trainer.optimizers[0]
+    group = optimizer.param_groups[0]
+    assert group["lr"] == 1e-3 and group["eps"] == settings["eps"]
+
+    def step_size(p: torch.nn.Parameter) -> torch.Tensor:
+        state = optimizer.state[p]
+        n, g = state["square_avg"].double(), state["grad_avg"].double()
+        return (group["lr"] / torch.sqrt(n - g**2 + group["eps"])).reshape(-1)
+
+    def check(logged: dict, values: torch.Tensor) -> None:
+        counts, edges = torch.histogram(values, bins=64)
+        assert torch.tensor(logged["bins"], dtype=torch.float64) == pytest.approx(edges, rel=1e-5)
+        logged_counts = torch.tensor(logged["values"])
+        assert logged_counts.sum() == values.numel()
+        # fp32 on the monitor's side: an element on a bin edge may fall on either side of it
+        assert (logged_counts - counts.long()).abs().sum() <= 2
+        assert edges[0] < edges[-1]  # a real spread of step sizes, not one value
+
+    check(logged, step_size(cli.model.output.weight))
+    check(logged_group, torch.cat([step_size(p) for p in group["params"]]))
+
+
+def wait_for_rows(run_dir, key: str, count: int) -> list[dict]:
+    """History rows holding ``key``; W&B's service process may still be writing the file."""
+    for _ in range(100):
+        rows = [row for row in read_run(run_dir).history if key in row]
+        if len(rows) >= count:
+            return rows
+        time.sleep(0.1)
+    return rows
