@@ -164,8 +164,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI | None
     if argv and argv[0] in SUBCOMMANDS:
         from . import workflow
 
-        workflow.main(argv)
-        return None
+        raise SystemExit(workflow.main(argv))
 
     import datamodules  # noqa: F401 - registers the datamodules as subclasses for short names
     import reproductions  # noqa: F401 - likewise for the LightningModules

@@ -64,8 +64,10 @@ def test_bench_tabulates_mean_and_sample_std_of_the_seeds_runs(tmp_path, monkeyp
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(tmp_path)
     config = str(REPO / "configs/bn_lstm/smoke.yaml")  # no logger in the YAML: the default one
-    main(args=["bench", "-c", config, "--seeds", "2", "--out", str(tmp_path / "bench"), "--",
-               *BN_LSTM_TINY])
+    with pytest.raises(SystemExit) as exit_info:
+        main(args=["bench", "-c", config, "--seeds", "2", "--out", str(tmp_path / "bench"), "--",
+                   *BN_LSTM_TINY])
+    assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     text = (tmp_path / "bench/bench.md").read_text()
     assert text in printed
