@@ -128,16 +128,22 @@ class NoisyRegression(pl.LightningModule):
         return presets.Graves(self.parameters(), lr=1e-2)
 
 
-class ShuffledData(pl.LightningDataModule):
-    """22 examples in batches of 4: 6 batches an epoch, the last one short."""
+class Data(pl.LightningDataModule):
+    """22 examples in batches of 4, shuffled: 6 batches an epoch, the last one short; or
+    (``prebatched``) 6 ready-made batches in their order, as the text streams are."""
 
-    def __init__(self):
+    def __init__(self, prebatched: bool = False):
         super().__init__()
         generator = torch.Generator().manual_seed(1)
         self.train_set = TensorDataset(torch.randn(22, 3, generator=generator),
                                        torch.randn(22, 1, generator=generator))
+        self.prebatched = prebatched
 
     def train_dataloader(self):
+        if self.prebatched:
+            batches = [self.train_set[i:i + 4] for i in range(0, 22, 4)]
+            sampler = resumable_train_sampler(self.trainer, batches, None, shuffle=False)
+            return DataLoader(batches, batch_size=None, sampler=sampler)
         sampler = resumable_train_sampler(self.trainer, self.train_set, 4, shuffle=True)
         return DataLoader(self.train_set, batch_size=4, sampler=sampler)
 
@@ -158,7 +164,8 @@ class KillAtStep(pl.Callback):
             raise Kill
 
 
-def noisy_fit(directory, ckpt_path=None, kill_at=None, save_on_train_epoch_end=None):
+def noisy_fit(directory, ckpt_path=None, kill_at=None, save_on_train_epoch_end=None,
+              prebatched=False):
     pl.seed_everything(0, verbose=False)
     model = NoisyRegression()
     callbacks = [StepSeeding(),
@@ -171,25 +178,26 @@ def noisy_fit(directory, ckpt_path=None, kill_at=None, save_on_train_epoch_end=N
     trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", callbacks=callbacks,
                          num_sanity_val_steps=0)
-    trainer.fit(model, ShuffledData(), ckpt_path=ckpt_path)
+    trainer.fit(model, Data(prebatched), ckpt_path=ckpt_path)
     return model, trainer
 
 
-@pytest.mark.parametrize("checkpoint, save_on_train_epoch_end", [
-    ("step=3.ckpt", None),  # inside epoch 0
-    ("step=6.ckpt", None),  # after epoch 0's last batch, before its end
-    ("epoch0-end.ckpt", None),  # on_train_epoch_end
-    ("epoch0-end.ckpt", False),  # on_validation_end, at the end of epoch 0
-    ("step=9.ckpt", False),  # inside epoch 1, after a validation-end checkpoint
+@pytest.mark.parametrize("checkpoint, save_on_train_epoch_end, prebatched", [
+    ("step=3.ckpt", None, False),  # inside epoch 0
+    ("step=6.ckpt", None, False),  # after epoch 0's last batch, before its end
+    ("epoch0-end.ckpt", None, False),  # on_train_epoch_end
+    ("epoch0-end.ckpt", False, False),  # on_validation_end, at the end of epoch 0
+    ("step=9.ckpt", False, False),  # inside epoch 1, after a validation-end checkpoint
+    ("step=3.ckpt", None, True),  # inside epoch 0 of a loader whose items are batches
 ])
 def test_a_killed_fit_resumes_exactly_from_any_checkpoint(tmp_path, checkpoint,
-                                                          save_on_train_epoch_end):
-    whole, whole_trainer = noisy_fit(tmp_path / "whole",
-                                     save_on_train_epoch_end=save_on_train_epoch_end)
+                                                          save_on_train_epoch_end, prebatched):
+    options = dict(save_on_train_epoch_end=save_on_train_epoch_end, prebatched=prebatched)
+    whole, whole_trainer = noisy_fit(tmp_path / "whole", **options)
     with pytest.raises(Kill):  # killed 4 steps after the checkpoint: those steps are redone
-        noisy_fit(tmp_path / "killed", kill_at=10, save_on_train_epoch_end=save_on_train_epoch_end)
+        noisy_fit(tmp_path / "killed", kill_at=10, **options)
     resumed, trainer = noisy_fit(tmp_path / "resumed", ckpt_path=tmp_path / "killed" / checkpoint,
-                                 save_on_train_epoch_end=save_on_train_epoch_end)
+                                 **options)
 
     assert trainer.global_step == whole_trainer.global_step == 18
     for (name, p), q in zip(whole.named_parameters(), resumed.parameters()):
