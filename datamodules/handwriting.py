@@ -40,6 +40,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .resumable_sampler import resumable_train_sampler
+
 # Graves 2013 Sec. 5: "we used only a subset of 57 [of IAM-OnDB's 80 characters], with all the
 # digits and most of the punctuation characters replaced with a generic 'non-letter' label".
 # The paper does not list which punctuation survives; we keep the three commonest in IAM-OnDB.
@@ -458,8 +460,11 @@ class HandwritingDataModule(pl.LightningDataModule):
                 [l for l, out in zip(lines, held_out) if out])
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, self.hparams.batch_size, shuffle=True, drop_last=False,
-                          collate_fn=collate_handwriting, num_workers=self.hparams.num_workers)
+        sampler = resumable_train_sampler(self.trainer, self.train_set, self.hparams.batch_size,
+                                          shuffle=True)
+        return DataLoader(self.train_set, self.hparams.batch_size, sampler=sampler,
+                          drop_last=False, collate_fn=collate_handwriting,
+                          num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, self.hparams.batch_size, shuffle=False,

@@ -33,6 +33,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import datasets, transforms
 
+from .resumable_sampler import resumable_train_sampler
+
 DatasetName = Literal["mnist5k", "mnist", "fashion_mnist", "cifar10", "lsun", "folder"]
 CHANNELS: dict[str, int] = {"mnist5k": 1, "mnist": 1, "fashion_mnist": 1, "cifar10": 3,
                             "lsun": 3, "folder": 3}
@@ -141,8 +143,11 @@ class ImageDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         # drop_last: BatchNorm statistics and the critic's batch means assume full batches.
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        sampler = resumable_train_sampler(self.trainer, self.train_set, self.batch_size,
+                                          shuffle=True, drop_last=True)
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
+                          drop_last=True, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
     def frechet_feature_extractor(self) -> nn.Module:
         """A small classifier trained on this dataset, cached beside it (see

@@ -31,6 +31,8 @@ from torch import Tensor
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, TensorDataset
 
+from .resumable_sampler import resumable_train_sampler
+
 PIXELS = 28 * 28
 MNIST5K_SPLIT = (4000, 500, 500)  # train, val, test
 MNIST5K_SPLIT_SEED = 0
@@ -160,19 +162,23 @@ class SequentialMNISTDataModule(pl.LightningDataModule):
         parts = dict(zip(("train", "val", "test"), order.tensor_split(bounds[:-1])))
         return {name: (x[index], y[index]) for name, index in parts.items()}
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, drop_last=shuffle)
+    def _loader(self, split: str) -> DataLoader:
+        return DataLoader(self.splits[split], batch_size=self.batch_size,
+                          num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         # drop_last: batch statistics of a tiny last batch would be noise.
-        return self._loader("train", shuffle=True)
+        train = self.splits["train"]
+        sampler = resumable_train_sampler(self.trainer, train, self.batch_size, shuffle=True,
+                                          drop_last=True)
+        return DataLoader(train, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in every checkpoint: the permutation (None for sequential MNIST)."""

@@ -52,6 +52,8 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .resumable_sampler import resumable_train_sampler
+
 Corpus = Literal["stdlib", "enwik8", "text8", "ptb", "text"]
 Split = Literal["train", "val", "test"]
 UNK = "<unk>"
@@ -421,8 +423,16 @@ class TextDataModule(pl.LightningDataModule):
         windows = StreamWindows(self.encode(split), self.batch_size if train else
                                 self.eval_batch_size, self.seq_len,
                                 self.reset_every if train else None, f"{self.corpus} {split}")
-        # batch_size=None: each item already is a batch; the order is the stream's order.
-        return DataLoader(windows, batch_size=None, shuffle=False)
+        # batch_size=None: each item already is a batch; the order is the stream's order,
+        # resumable inside an epoch in training.
+        sampler = resumable_train_sampler(self.trainer, windows, None, shuffle=False) \
+            if train else None
+        if sampler is not None and sampler.start and not windows[sampler.start]["reset"]:
+            rank_zero_warn(f"TextDataModule: resuming inside an epoch at training window "
+                           f"{sampler.start}, in the middle of the truncated-BPTT streams: the "
+                           f"resumed run equals the uninterrupted one only if the model restores "
+                           f"its carried hidden state from the checkpoint")
+        return DataLoader(windows, batch_size=None, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

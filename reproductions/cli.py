@@ -16,9 +16,9 @@ Every ``fit`` also gets (see ``tracking``, ``optimizer_monitor``, ``fault_tolera
 W&B group/job_type/tags and the resolved config in the run's config; ``RMSpropMonitor``
 (``--optimizer_monitor.every_n_steps``); ``SkipNonFiniteSteps``
 (``--nonfinite.max_consecutive``); checkpoints under ``<save_dir>/checkpoints/<run name>/``:
-``last.ckpt`` at every epoch's end and at the end of training (what ``--ckpt_path last``
-resumes, exactly), and ``step=N.ckpt`` every ``--checkpoint_every_n_steps`` steps (the latest
-kept), all written atomically.
+``epochE-end.ckpt`` at every epoch's end and ``step=N.ckpt`` every ``--checkpoint_every_n_steps``
+steps (the latest of each kept), and ``last.ckpt``, a copy of whichever is newest (what
+``--ckpt_path last`` resumes, exactly, see ``fault_tolerance``), all written atomically.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from .fault_tolerance import AtomicCheckpointIO, EpochSeeding, SkipNonFiniteSteps
+from .fault_tolerance import AtomicCheckpointIO, SkipNonFiniteSteps, StepSeeding
 from .optimizer_monitor import RMSpropMonitor
 from .tracking import RunConfigCallback, optimizer_settings_check, run_identity
 
@@ -137,17 +137,21 @@ class ReproCLI(LightningCLI):
         plain = self.active_config().as_dict()
         directory = checkpoint_dir(plain)
         callbacks = [
-            # last.ckpt at each epoch's end and at the end of training: exact resume points.
-            # (Lightning writes last.ckpt only along with a top-k save, hence save_top_k=1.)
+            # An epoch-end checkpoint, and last.ckpt beside every save of either callback (no
+            # version counter: both write the one last.ckpt, which is then always the newest
+            # resume point; every one resumes exactly). Lightning writes last.ckpt only along
+            # with a top-k save, hence save_top_k=1.
             ModelCheckpoint(dirpath=directory, filename="epoch{epoch}-end", every_n_epochs=1,
-                            save_top_k=1, save_last=True, auto_insert_metric_name=False),
-            EpochSeeding(plain.get("seed_everything") if isinstance(
+                            save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                            enable_version_counter=False),
+            StepSeeding(plain.get("seed_everything") if isinstance(
                 plain.get("seed_everything"), int) else None),
         ]
         if plain.get("checkpoint_every_n_steps"):
             callbacks.append(ModelCheckpoint(
-                dirpath=directory, filename="{step}", save_top_k=1,
-                every_n_train_steps=plain["checkpoint_every_n_steps"]))
+                dirpath=directory, filename="{step}", save_top_k=1, save_last=True,
+                every_n_train_steps=plain["checkpoint_every_n_steps"],
+                enable_version_counter=False))
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
         return super().instantiate_trainer(**kwargs)
 

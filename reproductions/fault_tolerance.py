@@ -9,13 +9,29 @@
   ``on_before_optimizer_step`` (the gradients: automatic, and ``LightningOptimizer.step`` in manual
   optimization). A manual ``training_step`` that steps a raw ``torch.optim`` optimizer bypasses
   both and is not guarded.
-* ``EpochSeeding``: reseeds torch, numpy and random at each training epoch's start from (seed,
-  epoch, rank), so an epoch's shuffle and randomness do not depend on how the run got there.
-  Resuming from an epoch-boundary checkpoint (``last.ckpt``) then repeats the uninterrupted run
-  exactly (with ``num_workers=0``, or workers without their own randomness: Lightning creates the
-  first resumed epoch's DataLoader iterator, which draws the workers' base seed, before the hook).
-  A mid-epoch checkpoint (``step=N.ckpt``) resumes with Lightning's default: the interrupted
-  epoch's remaining steps are taken over a fresh pass of the data.
+* Exact resume (``repro fit -c CFG --ckpt_path last``): the resumed run ends with the weights,
+  optimizer state and global step of the uninterrupted run, whether the checkpoint was written at
+  an epoch's end or inside an epoch (a step checkpoint, validation end). Two things make a step
+  depend on where it sits in the run only, not on how the process got there:
+
+  - the data order: every datamodule's training sampler is a
+    ``datamodules.resumable_sampler.ResumableSampler``, whose epoch e order is drawn from
+    ``seed + e`` and which starts after the batches the restored loops have already trained
+    (Lightning's own progress counters, saved in every checkpoint). A plain
+    ``DataLoader(shuffle=True)`` cannot resume: Lightning starts the resumed run's first iterator
+    before any hook, so it trains the interrupted epoch on another order, from its start;
+  - the random numbers: ``StepSeeding`` reseeds torch (every device), numpy and random before
+    each training batch from (seed, epoch, batch index, rank), so noise, dropout and penalties
+    continue the same streams without any generator state in the checkpoint, and whatever draws
+    random numbers between steps (validation, DataLoader iterators, sample pictures) changes
+    nothing in training.
+
+  Other state that a step reads must be in the checkpoint too: the module's (WGAN's counters are,
+  via ``on_save_checkpoint``), the callbacks' (``SkipNonFiniteSteps`` saves its counts).
+  Limits: randomness inside a Dataset's ``__getitem__`` in DataLoader workers follows the workers'
+  seeds, which are not reseeded (no dataset here draws any); a ``CharRNN`` resumed inside an
+  epoch continues its truncated-BPTT streams from a zero state, exact only at a reset window,
+  until the model saves its carried state in the checkpoint.
 * ``AtomicCheckpointIO``: Lightning's local save writes to ``tempfile.mkstemp()`` (the system temp
   folder) and then ``shutil.move``s it (fsspec transaction, lightning_fabric ``_atomic_save``);
   when that folder is on another filesystem the move is a copy into the final path, which a kill
@@ -91,25 +107,33 @@ class SkipNonFiniteSteps(Callback):
         pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False)
 
     def state_dict(self) -> dict[str, int]:
-        return {"skipped": self.skipped}
+        return {"skipped": self.skipped, "consecutive": self.consecutive}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.skipped = state_dict["skipped"]
+        self.consecutive = state_dict.get("consecutive", 0)  # older checkpoints lack it
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    return (seed * 1_000_003 + epoch * 10_007 + rank) % 2**32
+def step_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
+    """A 32-bit seed for one training batch; numpy's SeedSequence mixes the four numbers so that
+    neighbouring positions get unrelated streams."""
+    return int(np.random.SeedSequence([seed, epoch, batch_idx, rank]).generate_state(1)[0])
 
 
-class EpochSeeding(Callback):
-    """Reseed every random generator at each training epoch's start from (seed, epoch, rank)."""
+class StepSeeding(Callback):
+    """Reseed every random generator before each training batch from (seed, epoch, batch, rank).
+
+    Args:
+        seed: the run's seed; None reads ``seed_everything``'s (PL_GLOBAL_SEED, else 0).
+    """
 
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        seed = epoch_seed(base, trainer.current_epoch, trainer.global_rank)
+        seed = step_seed(base, trainer.current_epoch, batch_idx, trainer.global_rank)
         torch.manual_seed(seed)  # every device's generator too
         np.random.seed(seed)
         random.seed(seed)
