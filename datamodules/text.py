@@ -424,14 +424,10 @@ class TextDataModule(pl.LightningDataModule):
                                 self.eval_batch_size, self.seq_len,
                                 self.reset_every if train else None, f"{self.corpus} {split}")
         # batch_size=None: each item already is a batch; the order is the stream's order,
-        # resumable inside an epoch in training.
+        # resumable inside an epoch in training (the model keeps the hidden state it carries
+        # between windows in its checkpoint: CharRNN does).
         sampler = resumable_train_sampler(self.trainer, windows, None, shuffle=False) \
             if train else None
-        if sampler is not None and sampler.start and not windows[sampler.start]["reset"]:
-            rank_zero_warn(f"TextDataModule: resuming inside an epoch at training window "
-                           f"{sampler.start}, in the middle of the truncated-BPTT streams: the "
-                           f"resumed run equals the uninterrupted one only if the model restores "
-                           f"its carried hidden state from the checkpoint")
         return DataLoader(windows, batch_size=None, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:

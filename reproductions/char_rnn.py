@@ -44,6 +44,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.cli import OptimizerCallable
 from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor, nn
@@ -307,6 +308,9 @@ class CharRNN(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vocabulary"] = self.vocabulary.to_dict()
+        # Truncated BPTT: the state carried into the next training window, so that a run resumed
+        # inside an epoch continues its streams exactly.
+        checkpoint["carried_train_state"] = self._state.get("train")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Build the layers from the checkpoint's vocabulary before its weights load.
@@ -321,6 +325,9 @@ class CharRNN(pl.LightningModule):
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"
         self.configure_vocabulary(Vocabulary.from_dict(checkpoint["vocabulary"]),
                                   replace=not fitting)
+        if fitting:
+            self._state["train"] = apply_to_collection(checkpoint.get("carried_train_state"),
+                                                       Tensor, lambda t: t.to(self.device))
 
     # ----------------------------------------------------------------------------------------
     # Sampling

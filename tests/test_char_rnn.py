@@ -442,3 +442,59 @@ def test_trained_model_evaluates_other_text_in_its_own_symbols(tmp_path):
         result = quiet_trainer().validate(model, data, verbose=False)[0]
     assert data.vocabulary == model.vocabulary
     assert result["val/unknown_symbols"] == 12
+
+
+# ------------------------------------------------------------------------------------------
+# Resuming inside the truncated-BPTT streams
+# ------------------------------------------------------------------------------------------
+class Killed(Exception):
+    pass
+
+
+class KillAtStep(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *_):
+        if trainer.global_step == self.step:
+            raise Killed
+
+
+def test_resume_in_the_middle_of_a_stream_carries_the_hidden_state(tmp_path):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from reproductions.fault_tolerance import StepSeeding
+
+    text = "".join("abcdefgh"[(i * i + i // 3) % 8] for i in range(1200))
+    corpus = write_text(tmp_path, text)
+
+    def fit(name, ckpt_path=None, stop_at=None):
+        pl.seed_everything(0, verbose=False)
+        data = TextDataModule("text", str(corpus), batch_size=2, seq_len=10, reset_every=8,
+                              val_fraction=0.05, test_fraction=0.0)
+        data.setup("fit")
+        model = tiny_model(data.vocabulary)
+        callbacks = [StepSeeding(), ModelCheckpoint(tmp_path / name, "{step}",
+                                                    every_n_train_steps=1, save_top_k=-1)]
+        if stop_at is not None:
+            callbacks.append(KillAtStep(stop_at))
+        trainer = pl.Trainer(max_steps=20, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, accelerator="cpu",
+                             num_sanity_val_steps=0, limit_val_batches=0, callbacks=callbacks)
+        trainer.fit(model, data, ckpt_path=ckpt_path)
+        return model
+
+    whole = fit("whole")
+    with pytest.raises(Killed):
+        fit("killed", stop_at=15)
+    # step 13: window 13 of the first pass, 5 windows after the reset at window 8
+    resumed = fit("resumed", ckpt_path=tmp_path / "killed" / "step=13.ckpt")
+    for name, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    # without the carried state (a zero state at window 13), the run diverges
+    checkpoint = torch.load(tmp_path / "killed" / "step=13.ckpt", weights_only=False)
+    del checkpoint["carried_train_state"]
+    torch.save(checkpoint, tmp_path / "no_state.ckpt")
+    restarted = fit("restarted", ckpt_path=tmp_path / "no_state.ckpt")
+    assert any(not torch.equal(value, restarted.state_dict()[name])
+               for name, value in whole.state_dict().items())
