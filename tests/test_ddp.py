@@ -102,9 +102,9 @@ def initial(args: list[str], monkeypatch) -> tuple[LightningModule, LightningDat
 
 def assert_trained_and_equal(one: dict, two: dict, start: dict) -> None:
     assert one.keys() == two.keys()
-    for name in start:
+    for name, value in start.items():
         # the runs trained (moved far beyond the tolerance) and agree to fp32 rounding
-        assert (one[name] - start[name]).abs().max() > 1e-4, name
+        assert (one[name] - value).abs().max() > 1e-4, name
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
