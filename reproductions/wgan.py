@@ -22,8 +22,8 @@ BatchNorm; and 4 x 512 ReLU MLPs. Launch with ``repro fit -c configs/wgan/smoke.
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
