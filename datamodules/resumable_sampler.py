@@ -60,15 +60,19 @@ def resume_position(trainer: pl.Trainer) -> tuple[int, int]:
 
 
 def resumable_train_sampler(trainer: pl.Trainer | None, dataset: Sized, batch_size: int | None,
-                            *, shuffle: bool, drop_last: bool = False) -> ResumableSampler:
+                            *, shuffle: bool, drop_last: bool = False,
+                            sharded: bool = False) -> ResumableSampler:
     """The training sampler, placed at the restored run's position (the start without a trainer).
 
     Args:
         trainer: the datamodule's ``self.trainer`` (None outside a Trainer).
         batch_size: the DataLoader's; None when every item already is a batch.
         drop_last: the DataLoader's.
+        sharded: the dataset already holds only this rank's share (the text streams): the
+            sampler takes all of it instead of dealing it out over the ranks.
     """
-    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    world, rank = (trainer.world_size, trainer.global_rank) \
+        if trainer is not None and not sharded else (1, 0)
     sampler = ResumableSampler(dataset, shuffle=shuffle, seed=training_seed(),
                                num_replicas=world, rank=rank)
     if trainer is None:

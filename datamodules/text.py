@@ -30,6 +30,14 @@ model carries its hidden state across windows. Each batch says when to start fro
 (``batch["reset"]``): every ``reset_every`` training windows (the paper: every 100 sequences) and at
 the start of every pass over a split (epoch boundaries); evaluation carries the state through the
 whole split.
+
+Data-parallel training (DDP, ``trainer.devices > 1``): ``batch_size`` is per process, as everywhere
+in Lightning. The split is cut into ``batch_size * world_size`` streams and rank ``r`` reads streams
+``r * batch_size`` to ``(r + 1) * batch_size - 1``, every window in order, so that the ranks together
+read exactly the windows that one process with ``batch_size * world_size`` streams would. (A
+``DistributedSampler`` would deal the windows out, window 0 to rank 0, window 1 to rank 1, ..., and
+break the carried state; every loader here has a one-replica ``ResumableSampler`` over its rank's
+own windows, a ``DistributedSampler``, so that Lightning puts none in.)
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import sysconfig
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,7 +61,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .resumable_sampler import resumable_train_sampler
+from .resumable_sampler import ResumableSampler, resumable_train_sampler
 
 Corpus = Literal["stdlib", "enwik8", "text8", "ptb", "text"]
 Split = Literal["train", "val", "test"]
@@ -280,17 +289,25 @@ class StreamWindows(Dataset):
     same shifted by one symbol, with ``L`` the stream length and ``T = seq_len`` (the last window
     may be shorter). ``reset`` is True on window 0 and every ``reset_every`` windows after it.
     The ``len(ids) - 1 - batch_size * L < batch_size`` trailing symbols are not predicted.
+
+    ``shard = (rank, world_size)`` cuts ``batch_size * world_size`` streams and keeps rank's
+    ``batch_size`` of them (see the module docstring); iteration yields the windows in order.
     """
 
     def __init__(self, ids: Tensor, batch_size: int, seq_len: int,
-                 reset_every: int | None = None, name: str = "stream") -> None:
-        stream_len = (len(ids) - 1) // batch_size
+                 reset_every: int | None = None, name: str = "stream",
+                 shard: tuple[int, int] = (0, 1)) -> None:
+        rank, world_size = shard
+        streams = batch_size * world_size
+        stream_len = (len(ids) - 1) // streams
         if stream_len < 1:
-            raise CorpusError(f"{name}: {len(ids)} symbols are too few for {batch_size} streams; "
-                              "lower the batch size or use more data")
-        used = batch_size * stream_len
-        self.inputs = ids[:used].view(batch_size, stream_len)
-        self.targets = ids[1:used + 1].view(batch_size, stream_len)
+            raise CorpusError(f"{name}: {len(ids)} symbols are too few for {streams} streams "
+                              f"({batch_size} per process x {world_size} processes); lower the "
+                              "batch size or use more data")
+        used = streams * stream_len
+        rows = slice(rank * batch_size, (rank + 1) * batch_size)
+        self.inputs = ids[:used].view(streams, stream_len)[rows]
+        self.targets = ids[1:used + 1].view(streams, stream_len)[rows]
         self.seq_len, self.reset_every = seq_len, reset_every
 
     def __len__(self) -> int:
@@ -303,6 +320,9 @@ class StreamWindows(Dataset):
         reset = i == 0 or (self.reset_every is not None and i % self.reset_every == 0)
         return {"inputs": self.inputs[:, window], "targets": self.targets[:, window],
                 "reset": reset}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self[i] for i in range(len(self)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,13 +442,23 @@ class TextDataModule(pl.LightningDataModule):
         train = split == "train"
         windows = StreamWindows(self.encode(split), self.batch_size if train else
                                 self.eval_batch_size, self.seq_len,
-                                self.reset_every if train else None, f"{self.corpus} {split}")
-        # batch_size=None: each item already is a batch; the order is the stream's order,
-        # resumable inside an epoch in training (the model keeps the hidden state it carries
-        # between windows in its checkpoint: CharRNN does).
-        sampler = resumable_train_sampler(self.trainer, windows, None, shuffle=False) \
-            if train else None
+                                self.reset_every if train else None, f"{self.corpus} {split}",
+                                self.shard())
+        # batch_size=None: each item already is a batch. The sampler keeps the stream's order
+        # over this rank's own streams (a DistributedSampler of one replica, so that Lightning puts
+        # no sampler of its own in); in training it resumes inside an epoch (the model keeps the
+        # hidden state it carries between windows in its checkpoint: CharRNN does).
+        sampler = resumable_train_sampler(self.trainer, windows, None, shuffle=False,
+                                          sharded=True) if train else ResumableSampler(
+                                              windows, shuffle=False)
         return DataLoader(windows, batch_size=None, sampler=sampler)
+
+    def shard(self) -> tuple[int, int]:
+        """(rank, world size) of data parallelism: (0, 1) in a single process."""
+        sampler_kwargs = self.trainer.distributed_sampler_kwargs if self.trainer else None
+        if not sampler_kwargs:
+            return 0, 1
+        return sampler_kwargs["rank"], sampler_kwargs["num_replicas"]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

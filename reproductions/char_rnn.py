@@ -299,8 +299,9 @@ class CharRNN(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._evaluation_end("val")
+        # Rank 0 samples for everyone: under DDP the replicas hold the same weights.
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking \
-                and self.hparams.sample_length > 0:
+                and self.hparams.sample_length > 0 and self.trainer.is_global_zero:
             self._log_sample()
 
     def on_test_epoch_end(self) -> None:

@@ -198,7 +198,9 @@ class PicturesMixin:
         every = self.hparams.picture_every_n_epochs
         max_epochs = self.trainer.max_epochs
         last = max_epochs is not None and self.current_epoch + 1 >= max_epochs
-        return (not self.trainer.sanity_checking and every > 0
+        # Rank 0 draws for everyone: under DDP the replicas hold the same weights, and the other
+        # ranks have no W&B run directory to write into.
+        return (not self.trainer.sanity_checking and self.trainer.is_global_zero and every > 0
                 and ((self.current_epoch + 1) % every == 0 or last))
 
 

@@ -22,8 +22,8 @@ BatchNorm; and 4 x 512 ReLU MLPs. Launch with ``repro fit -c configs/wgan/smoke.
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -335,6 +337,27 @@ class WGAN(pl.LightningModule):
             if value is not None and value != self.hparams[name]:
                 raise ValueError(f"WGAN: model.{name} is {self.hparams[name]} but the data has "
                                  f"{name} {value}; set --model.{name} {value}")
+        self._find_unused_parameters_under_ddp()
+
+    def _find_unused_parameters_under_ddp(self) -> None:
+        """DDP must look for parameters without a gradient: a critic step gives the generator
+        none, and a generator step gives the frozen critic (``toggle_optimizer``) none. Plain
+        ``ddp`` is switched to ``ddp_find_unused_parameters_true`` here, before the strategy
+        wraps the model (its ``setup`` runs after this hook); an explicit ``..._false`` fails."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if not isinstance(strategy, DDPStrategy):
+            return
+        ddp_kwargs = strategy._ddp_kwargs  # DistributedDataParallel's arguments (no public API)
+        if ddp_kwargs.get("find_unused_parameters") is False:
+            raise ValueError("WGAN: trainer.strategy sets find_unused_parameters=False, but the "
+                             "critic and generator steps each leave the other network without "
+                             "gradients; use --trainer.strategy ddp (switched on for you) or "
+                             "ddp_find_unused_parameters_true")
+        if not ddp_kwargs.get("find_unused_parameters"):
+            ddp_kwargs["find_unused_parameters"] = True
+            rank_zero_info("WGAN: DDP with find_unused_parameters=True (each step trains one "
+                           "network); the same as --trainer.strategy "
+                           "ddp_find_unused_parameters_true")
 
     def on_fit_start(self) -> None:
         if self.hparams.frechet_every:
@@ -398,7 +421,8 @@ class WGAN(pl.LightningModule):
             metrics["train/frechet_distance"] = self.frechet_distance()
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.global_step)
-        if h.sample_every and self.generator_iterations % h.sample_every == 0:
+        if h.sample_every and self.generator_iterations % h.sample_every == 0 \
+                and self.trainer.is_global_zero:  # DDP replicas agree; rank 0 draws for all
             self.log_samples()
         self.log("W", metrics["train/wasserstein_estimate"], prog_bar=True, logger=False)
         self.log("G_iter", float(self.generator_iterations), prog_bar=True, logger=False)
