@@ -101,6 +101,9 @@ def validate(settings: dict[str, Any]) -> None:
         raise ValueError("RMSprop: fused=True does not support differentiable=True")
     if settings["fused"] and settings["compiled"]:
         raise ValueError("RMSprop: fused=True and compiled=True cannot both be set")
+    if settings["compiled"] and settings["differentiable"]:
+        raise ValueError("RMSprop: compiled=True does not support differentiable=True (use the "
+                         "default path)")
 
 
 class RMSprop(Optimizer):

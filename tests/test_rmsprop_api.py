@@ -141,6 +141,7 @@ BAD_SETTINGS = [
     ({"nesterov": True}, "nesterov=True needs momentum > 0"),
     ({"bias_correction": True, "initial_square_avg": 1.0}, "bias_correction=True"),
     ({"fused": True, "foreach": True}, "fused=True and foreach=True"),
+    ({"compiled": True, "differentiable": True}, "compiled=True does not support differentiable"),
     ({"state_dtype": "float8"}, "state_dtype must be None or one of"),
     ({"lr": torch.tensor([0.1, 0.2])}, "lr must be a one-element tensor"),
 ]
