@@ -55,7 +55,7 @@ TINY = TINY_LSTM  # the name the test without W&B uses
 # h0 = 0 the whole batch has h = c = 0 there and the batch norms of W_h h and c see zero batch
 # variance. Their backward is then gamma / sqrt(bn_eps) (dy - mean(dy)), 31.6 x per norm: dL/dc_1
 # reaches 1e3 per digit yet sums to 1e-4 over the batch, and that sum is what rnn.bias's g gate and
-# bn_c.bias receive, so in fp32 it is summation-order noise (differs from fp64 by up to 100%) and no
+# bn_c.bias receive, so in fp32 it is summation-order noise (off from fp64 by more than itself): no
 # two runs can agree. Permuted, every step's input varies over the batch from step 0 on.
 TINY_BN_LSTM = [*TINY_LSTM, "--model.cell=bn_lstm", "--trainer.max_steps=1",
                 "--model.optimizer.init_args.eps=1e-4", "--data.permuted=true"]
