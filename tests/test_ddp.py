@@ -51,8 +51,14 @@ TINY = TINY_LSTM  # the name the test without W&B uses
 # One step: RMSProp's first update is lr g / (sqrt(1 - alpha) |g| + eps), nearly lr sign(g) / 0.32,
 # so a gradient element that is ~0 up to float summation order would flip its whole update; an
 # eps above such elements makes the update continuous in g there.
+# Permuted MNIST: in raster order the first 32 pixels (steps 0-1) are blank in every digit, so with
+# h0 = 0 the whole batch has h = c = 0 there and the batch norms of W_h h and c see zero batch
+# variance. Their backward is then gamma / sqrt(bn_eps) (dy - mean(dy)), 31.6 x per norm: dL/dc_1
+# reaches 1e3 per digit yet sums to 1e-4 over the batch, and that sum is what rnn.bias's g gate and
+# bn_c.bias receive, so in fp32 it is summation-order noise (off from fp64 by more than itself): no
+# two runs can agree. Permuted, every step's input varies over the batch from step 0 on.
 TINY_BN_LSTM = [*TINY_LSTM, "--model.cell=bn_lstm", "--trainer.max_steps=1",
-                "--model.optimizer.init_args.eps=1e-4"]
+                "--model.optimizer.init_args.eps=1e-4", "--data.permuted=true"]
 # 1 MB of the stdlib corpus cut into 8 streams of 20-symbol windows: 4 steps, 2 validations.
 TINY_CHAR_RNN = ["-c", "configs/char_rnn/smoke.yaml", "--model.hidden_size=8",
                  "--model.num_layers=1", "--model.sample_length=5", "--data.max_bytes=20000",
@@ -187,9 +193,6 @@ def test_handwriting_ddp_matches_one_process_at_the_same_global_batch(tmp_path, 
 
 # -------------------------------------------------------------------------------------- BN-LSTM
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open: under DDP the output-gate slice of rnn.bias and "
-                   "bn_c.bias get gradients that differ from this per-rank reference (every other "
-                   "parameter agrees to 1e-7); the cause is not found yet")
 def test_bn_lstm_ddp_normalises_each_rank_half_and_averages_the_gradients(tmp_path, monkeypatch):
     """Batch statistics are per rank. One DDP step at 2 x 2000 digits against a hand-made
     reference: the same initial model normalising each rank's half (the indices of torch's
@@ -211,6 +214,8 @@ def test_bn_lstm_ddp_normalises_each_rank_half_and_averages_the_gradients(tmp_pa
         optimizer.zero_grad()
         for indices in batches:
             x, y = default_collate([dataset[i] for i in indices])
+            # no step where the whole batch has one input (see TINY_BN_LSTM)
+            assert (x != x[:1]).any(dim=2).any(dim=0).all()
             loss = F.cross_entropy(reference(x), y)
             (loss / len(batches)).backward()
         torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
