@@ -198,7 +198,11 @@ class SequentialClassifier(pl.LightningModule):
         t_max: steps with their own population statistics (the paper: the training length, 784).
         gamma_init: initial gamma of every BN (the paper: 0.1; 1.0 for the Fig. 1 comparison).
         initial_state_noise: std of the Gaussian noise on the initial hidden state in training
-            (the paper: 0.1 on MNIST). It also keeps the batch variance of W_h h_0 away from zero.
+            (the paper: 0.1 on MNIST). It also keeps the batch variance of W_h h_0 away from zero:
+            without it, the blank first pixels of sequential MNIST give every sequence the same
+            h and c for the first steps, the batch norms see zero variance, and the gradients of
+            the g-gate bias and of beta_c become sums of large per-sequence terms that cancel to
+            fp32 rounding noise.
         forget_bias: initial forget-gate bias (our choice; papers.md does not fix it).
         bn_momentum: weight of each new batch in the population statistics.
         compile: ``torch.compile`` the BN-LSTM step (one compilation per shape, then fast).
