@@ -128,8 +128,8 @@ def time_side_by_side(makers: dict[str, Callable], shapes, device, warmup: int,
                       repeats: int) -> dict[str, tuple[float, float]]:
     """name -> (median seconds per step, seconds of the first step, compilation included).
 
-    The contenders take turns step by step, so that a burst of load on the machine falls on all
-    of them alike and the ratios stay fair.
+    The contenders take turns step by step, in a rotating order, so that a burst of load on the
+    machine, and whatever a step leaves behind for the next one, falls on all of them alike.
     """
     torch._dynamo.reset()  # every compiled contender starts from scratch
     contenders = {name: Contender(make, shapes, device) for name, make in makers.items()}
@@ -138,9 +138,12 @@ def time_side_by_side(makers: dict[str, Callable], shapes, device, warmup: int,
         for c in contenders.values():
             c.timed_step(device)
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, c in contenders.items():
-            times[name].append(c.timed_step(device))
+    names = list(contenders)
+    for repeat in range(repeats):
+        # Rotate the order: each contender follows each other one equally often (a step leaves
+        # caches and, on the CPU, OpenMP threads spinning behind it, which slows its successor).
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            times[name].append(contenders[name].timed_step(device))
     return {name: (statistics.median(times[name]), first[name]) for name in contenders}
 
 
@@ -178,7 +181,7 @@ def main() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
         os.environ["TORCH_EXTENSIONS_DIR"] = tempfile.mkdtemp(prefix="extensions-cold-")
     device = torch.device(args.device)
-    repeats = args.repeats or (10 if args.quick else 50)
+    repeats = args.repeats or (10 if args.quick else 200)
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
 
     header = ["workload", "variant", "contender", "median ms", "vs torch foreach", "first step s"]
@@ -189,7 +192,7 @@ def main() -> None:
         numel = sum(torch.Size(s).numel() for s in shapes)
         for variant, settings in VARIANTS.items():
             results = time_side_by_side(contenders(device, settings), shapes, device,
-                                        warmup=3, repeats=repeats)
+                                        warmup=10, repeats=repeats)
             for name, (median, first) in results.items():
                 print(f"{workload:18} {variant:18} {name:16} {median * 1e3:9.3f} ms "
                       f"(first step {first:.2f} s)", flush=True)
@@ -206,8 +209,9 @@ def main() -> None:
         f"# Optimizer step benchmark ({datetime.date.today()})",
         "",
         f"Device: {device_name(device)}; torch {torch.__version__}; "
-        f"{'quick run' if args.quick else 'full run'}, median of {repeats} steps after 3 warm-up "
-        "steps; contenders take turns step by step; 4 rotating gradient sets; first step s = "
+        f"{'quick run' if args.quick else 'full run'}, median of {repeats} steps after 10 warm-up "
+        "steps; contenders take turns step by step in a rotating order; 4 rotating gradient sets; "
+        "first step s = "
         f"the first call, {'with warm' if args.warm_compile_cache else 'with empty'} "
         "Inductor and torch_extensions caches (torch compiled compiles each variant; ours "
         "(compiled) is on the CPU the fused C++ loop, built once per machine: the first variant's "
