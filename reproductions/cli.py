@@ -181,7 +181,9 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI | None
         auto_configure_optimizers=False,
         parser_kwargs={"parser_mode": "omegaconf"},
         trainer_defaults={"logger": default_logger(), "default_root_dir": RUN_DIR,
-                          "plugins": [AtomicCheckpointIO()]},
+                          # as a class_path, not an instance: the saved config stays serialisable
+                          "plugins": [{"class_path": f"{AtomicCheckpointIO.__module__}."
+                                                     f"{AtomicCheckpointIO.__qualname__}"}]},
         save_config_callback=RunConfigCallback,
         save_config_kwargs={"overwrite": True},
         args=args,

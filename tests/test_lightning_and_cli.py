@@ -138,3 +138,17 @@ def test_offline_hint_only_before_a_run_and_naming_its_folder(monkeypatch, tmp_p
     hint = [line for line in capsys.readouterr().err.splitlines() if line.startswith("W&B")]
     assert hint == [f"W&B: not logged in, logging offline under {save_dir}/wandb; upload later "
                     f"with `wandb sync {save_dir}/wandb/offline-run-*`"]
+
+
+def test_repro_fit_writes_checkpoints_atomically_without_a_config_warning(monkeypatch):
+    import warnings
+
+    from reproductions.fault_tolerance import AtomicCheckpointIO
+
+    monkeypatch.setattr(sys, "argv", ["repro"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parsed = cli.main(["-c", "configs/bn_lstm/smoke.yaml", "--trainer.logger=false"],
+                          run=False)
+    assert not [w for w in caught if "Unable to serialize" in str(w.message)]
+    assert isinstance(parsed.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
