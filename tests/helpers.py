@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 
 from optimizers import reference
 from optimizers.reference import Hyperparameters
@@ -73,3 +77,13 @@ def optimizer_trajectory(make_optimizer, params, steps: int):
             p.grad = gradient(p.shape, step, index, p.dtype)
         optimizer.step()
     return [p.detach() for p in params], optimizer
+
+
+def write_png_folder(root: Path, count: int, size: int) -> None:
+    """An ImageFolder on disk: ``count`` random RGB PNGs of ``size`` pixels in classes a and b."""
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(count // 2):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
+                root / label / f"{i}.png")

@@ -6,14 +6,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 import wandb
-from PIL import Image
 from torch import nn
 
+from helpers import write_png_folder
 from reproductions.wandb_records import read_run
 from datamodules.images import DatasetError
 from optimizers import RMSprop
@@ -328,19 +327,10 @@ def read_wandb_history(run_file: Path) -> list[dict]:
     return read_run(run_file.parent).history
 
 
-def write_png_folder(root: Path, count: int = 16) -> None:
-    rng = np.random.default_rng(0)
-    for label in ("a", "b"):
-        (root / label).mkdir(parents=True)
-        for i in range(count // 2):
-            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
-                root / label / f"{i}.png")
-
-
 def test_repro_fit_logs_the_metrics_to_an_offline_wandb_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    write_png_folder(tmp_path / "images")
+    write_png_folder(tmp_path / "images", count=16, size=20)
     main(args=["fit", "-c", str(CONFIGS / "smoke.yaml"),
                "--data.dataset", "folder", "--data.root", str(tmp_path / "images"),
                "--data.image_size", "16", "--data.batch_size", "4",

@@ -6,10 +6,9 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from helpers import write_png_folder
 from reproductions import workflow
 from reproductions.cli import main
 from reproductions.wandb_records import WandbRun, read_run
@@ -116,15 +115,6 @@ def test_bench_refuses_a_config_without_a_logger(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------- dashboard
-def write_png_folder(root: Path, count: int = 8) -> None:
-    rng = np.random.default_rng(0)
-    for label in ("a", "b"):
-        (root / label).mkdir(parents=True)
-        for i in range(count // 2):
-            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
-                root / label / f"{i}.png")
-
-
 TINY_FITS = {
     "wgan": ("wgan/smoke.yaml", [
         "--data.dataset", "folder", "--data.root", "{tmp}/images", "--data.image_size", "16",
@@ -157,7 +147,7 @@ def test_dashboard_panels_plot_what_the_reproduction_logs(reproduction, tmp_path
     monkeypatch.chdir(tmp_path)
     config, extra = TINY_FITS[reproduction]
     if reproduction == "wgan":
-        write_png_folder(tmp_path / "images")
+        write_png_folder(tmp_path / "images", count=8, size=16)
     cli = main(args=["fit", "-c", str(REPO / "configs" / config),
                      *[arg.format(tmp=tmp_path) for arg in extra],
                      "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
