@@ -5,7 +5,7 @@ tensor, split across threads, with the step counters advanced in the same call. 
 foreach path it saves the intermediate tensors (about ten passes over memory become one) and
 against a torch.compile'd step it saves the compiled wrapper's per-tensor guards and checks.
 
-The build (``torch.utils.cpp_extension.load``, g++ with OpenMP, about a minute) happens on first
+The build (``torch.utils.cpp_extension.load``, g++ with OpenMP, under a minute) happens on first
 use and is cached under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``); the
 build's name carries a hash of the source and of this CPU's instruction sets, since it is
 compiled with ``-march=native``.
@@ -60,7 +60,7 @@ def extension() -> ModuleType:
     build = Path(cpp_extension._get_build_directory(name, verbose=False))
     if not (build / f"{name}.so").exists():
         print(f"RMSprop(compiled=True): building the fused CPU loop into {build} "
-              "(once per machine, about a minute)", file=sys.stderr, flush=True)
+              "(once per machine, under a minute)", file=sys.stderr, flush=True)
     return cpp_extension.load(
         name=name,
         sources=[str(SOURCE)],

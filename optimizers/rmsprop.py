@@ -2,7 +2,7 @@
 
 Same positional arguments, defaults and state keys as torch; the extras are keyword-only and off
 by default, so ``RMSprop(params, ...)`` is ``torch.optim.RMSprop(params, ...)`` step for step. The
-update rule is written out in ``optimizers/reference.py``; three implementations apply it:
+update rule is written out in ``optimizers/reference.py``; these implementations apply it:
 
 * the Triton kernel (``fused=None`` on CUDA, or ``fused=True``): one launch per (device, dtype);
 * the foreach path (the default elsewhere): a few ``torch._foreach`` calls per bucket;
@@ -130,7 +130,7 @@ class RMSprop(Optimizer):
         fused: None: the Triton kernel on CUDA, the foreach path elsewhere; True: the kernel or an
             error; False: never the kernel.
         compiled: the fast CPU path: a fused C++ loop over the whole bucket, built once per machine
-            (about a minute; cached); Inductor (torch.compile) where the loop does not apply.
+            (under a minute; cached); Inductor (torch.compile) where the loop does not apply.
         state_dtype: dtype of square_avg, grad_avg and momentum_buffer (e.g. float32 for bf16
             params); None keeps the param's dtype as torch does. The math is always fp32 or wider.
     """
