@@ -2,7 +2,7 @@
 bitsandbytes' RMSprop when installed, and ours (default path, compiled path, Triton kernel).
 
     python benchmarks/optimizer_step.py            # full run on the current device
-    python benchmarks/optimizer_step.py --quick    # a short run (the README's first command)
+    python benchmarks/optimizer_step.py --quick    # a short run, small workloads
 
 Each number is the median over many steps after warm-up; every ratio is against torch foreach
 measured in the same run. On CUDA the table also gives the effective bandwidth (bytes that the
