@@ -41,10 +41,10 @@ KERNEL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfl
 
 @triton.jit
 def _pointer(base, column, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    address = tl.load(base + column)
+    pointer = tl.load(base + column).to(tl.pointer_type(DTYPE))
     if ALIGNED:  # every address is a multiple of 16 bytes: lets loads and stores be vectorised
-        address = tl.multiple_of(address, 16)
-    return address.to(tl.pointer_type(DTYPE))
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
 
 
 @triton.jit
