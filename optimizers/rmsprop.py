@@ -18,16 +18,20 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import cpu_kernel
+from . import cpu_kernel, launch_plan
 from .for_loop import for_loop_update
 from .foreach import compiled_update, foreach_update
 from .group import GroupTensors, hyperparameters
+from .reference import Hyperparameters
+
+if TYPE_CHECKING:
+    from .triton_kernel import KernelLaunch
 
 # Keyword-only extras beyond torch's arguments, with their "off" values. Loading a state dict
 # that lacks them (one saved by torch.optim.RMSprop) fills them from the optimizer's own defaults.
@@ -192,6 +196,7 @@ class RMSprop(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.pop("_launch_plans", None)  # they hold the state being replaced
         for group in self.param_groups:
             for name, torch_default in (("momentum", 0), ("centered", False), ("foreach", None),
                                         ("maximize", False), ("differentiable", False),
@@ -280,21 +285,28 @@ class RMSprop(Optimizer):
                 tensors.grad_avgs.append(state["grad_avg"])
         return buckets
 
-    def _update_bucket(self, group: dict[str, Any], index: int, key: tuple, tensors: GroupTensors) -> None:
+    @staticmethod
+    def _hyperparameters(group: dict[str, Any]) -> Hyperparameters:
         hp = hyperparameters(group)
         if isinstance(hp.lr, Tensor) and hp.lr.device.type == "cpu" and not group["compiled"]:
             hp = hp._replace(lr=hp.lr.item())  # a host value: no device synchronisation
+        return hp
+
+    def _update_bucket(self, group: dict[str, Any], index: int, key: tuple,
+                       tensors: GroupTensors) -> KernelLaunch | None:
+        """Update one bucket; returns the kernel launch that did it, or None on another path."""
+        hp = self._hyperparameters(group)
         device = tensors.params[0].device
         if self._uses_kernel(group, device):
             from . import triton_kernel  # imports Triton: only where the kernel runs
 
             reason = triton_kernel.check_kernel_tensors(tensors)
             if reason is None:
-                caches = self.__dict__.setdefault("_kernel_tables", {})
-                tables = triton_kernel.cached_tables(tensors, caches.get((index, key)))
-                caches[(index, key)] = tables
-                triton_kernel.kernel_update(tensors, hp, tables)
-                return
+                caches = self.__dict__.setdefault("_kernel_launches", {})
+                launch = caches[(index, key)] = triton_kernel.cached_launch(
+                    tensors, caches.get((index, key)))
+                triton_kernel.kernel_update(launch, hp)
+                return launch
             if group["fused"]:
                 raise RuntimeError(f"RMSprop: fused=True but the kernel cannot take {reason}")
         if group["compiled"]:
@@ -304,6 +316,29 @@ class RMSprop(Optimizer):
             for_loop_update(tensors, hp)
         else:
             foreach_update(tensors, hp)
+        return None
+
+    def _step_group(self, index: int, group: dict[str, Any]) -> None:
+        """One step of one group; a group that the kernel took whole keeps a plan for the next."""
+        plans = self.__dict__.setdefault("_launch_plans", {})
+        plan = plans.pop(index, None)
+        launches = plan.launches_for(group, self.state) if plan is not None else None
+        if launches is not None:
+            from .triton_kernel import kernel_update
+
+            hp = self._hyperparameters(group)
+            for launch in launches:
+                kernel_update(launch, hp)
+            plans[index] = plan
+            return
+        buckets = self._init_group(group)
+        launches = [self._update_bucket(group, index, key, bucket)
+                    for key, bucket in buckets.items()]
+        if launches and all(launch is not None for launch in launches):
+            plan = launch_plan.build(group, self.state, launches,
+                                     [bucket.params for bucket in buckets.values()])
+            if plan is not None:
+                plans[index] = plan
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One update of every parameter that has a gradient; returns the closure's loss."""
@@ -313,6 +348,5 @@ class RMSprop(Optimizer):
                 loss = closure()
         for index, group in enumerate(self.param_groups):
             with torch.set_grad_enabled(group["differentiable"]):
-                for key, bucket in self._init_group(group).items():
-                    self._update_bucket(group, index, key, bucket)
+                self._step_group(index, group)
         return loss

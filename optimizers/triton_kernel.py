@@ -2,14 +2,19 @@
 
 The launch is driven by two tables that live on the device:
 
-* ``tensor_table`` (int64, one row per tensor): the addresses of param, grad, square_avg,
-  grad_avg, momentum_buffer and step, and the tensor's numel;
+* ``tensor_table`` (int64, one row per tensor): the addresses of param, square_avg, grad_avg,
+  momentum_buffer and step, and the tensor's numel;
+* ``grad_table`` (int64, one per tensor): the gradient's address, apart because gradients are
+  the one thing that may move from step to step (``zero_grad`` frees them);
 * ``block_table`` (int64, one row per program): which tensor the program updates and where its
   block starts.
 
-Both are cached on the optimizer and rebuilt only when a tensor's storage or size changes, so a
-step costs one host-to-device copy at most and no synchronisation; with stable storage (the case
-under CUDA graph capture) it costs none. Every variant of the update rule is a ``tl.constexpr``
+They are cached on the optimizer. Gradients in new storage cost one small host-to-device copy
+of ``grad_table``; the other tables are rebuilt only when a param's or a state tensor's storage
+changes. There is no synchronisation, and with stable storage (the case under CUDA graph capture)
+no copy at all, and ``launch_plan.py`` skips the Python walk over the
+params as well. The step counters advance inside the same launch: the last program of each tensor
+to finish increments its ``step``, so a step is exactly one kernel launch. Every variant of the update rule is a ``tl.constexpr``
 specialisation of the one kernel, and each element of params, grads and state is read once and
 written once. The math is fp32 whatever the storage dtype.
 
@@ -21,6 +26,7 @@ tensors, which is how the tests check it without a GPU.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -33,9 +39,9 @@ from .reference import Hyperparameters
 
 BLOCK_SIZE = 2048
 NUM_WARPS = 4
-# tensor_table columns
-PARAM, GRAD, SQUARE_AVG, GRAD_AVG, MOMENTUM_BUFFER, STEP, NUMEL = range(7)
-COLUMNS = 7
+# tensor_table columns (the kernel reads them by these numbers)
+PARAM, SQUARE_AVG, GRAD_AVG, MOMENTUM_BUFFER, STEP, NUMEL = range(6)
+COLUMNS = 6
 KERNEL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
@@ -68,7 +74,7 @@ def _store(base, column, offsets, numel, value, DTYPE: tl.constexpr, ALIGNED: tl
 
 @triton.jit
 def _update_block(
-    row, offsets, numel, lr, alpha, log2_alpha, eps, weight_decay, momentum,
+    row, grad_row, offsets, numel, lr, alpha, log2_alpha, eps, weight_decay, momentum,
     PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, CENTERED: tl.constexpr,
     HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, LR_IN_MOMENTUM: tl.constexpr,
     EPS_IN_SQRT: tl.constexpr, WEIGHT_DECAY: tl.constexpr, BIAS_CORRECTION: tl.constexpr,
@@ -76,7 +82,7 @@ def _update_block(
 ):
     # The equations are those of reference.py, in the same order.
     param = _load(row, 0, offsets, numel, PARAM_DTYPE, ALIGNED, MASKED)
-    grad = _load(row, 1, offsets, numel, PARAM_DTYPE, ALIGNED, MASKED)
+    grad = _load(grad_row, 0, offsets, numel, PARAM_DTYPE, ALIGNED, MASKED)
     if MAXIMIZE:
         grad = -grad
     if WEIGHT_DECAY == 1:  # L2: g + wd theta
@@ -84,17 +90,18 @@ def _update_block(
     if WEIGHT_DECAY == 2:  # decoupled: theta (1 - lr wd)
         param = param * (1.0 - lr * weight_decay)
 
-    square_avg = _load(row, 2, offsets, numel, STATE_DTYPE, ALIGNED, MASKED)
+    square_avg = _load(row, 1, offsets, numel, STATE_DTYPE, ALIGNED, MASKED)
     square_avg = alpha * square_avg + (1.0 - alpha) * grad * grad
-    _store(row, 2, offsets, numel, square_avg, STATE_DTYPE, ALIGNED, MASKED)
+    _store(row, 1, offsets, numel, square_avg, STATE_DTYPE, ALIGNED, MASKED)
     variance = square_avg
     if CENTERED:
-        grad_avg = _load(row, 3, offsets, numel, STATE_DTYPE, ALIGNED, MASKED)
+        grad_avg = _load(row, 2, offsets, numel, STATE_DTYPE, ALIGNED, MASKED)
         grad_avg = alpha * grad_avg + (1.0 - alpha) * grad
-        _store(row, 3, offsets, numel, grad_avg, STATE_DTYPE, ALIGNED, MASKED)
+        _store(row, 2, offsets, numel, grad_avg, STATE_DTYPE, ALIGNED, MASKED)
     if BIAS_CORRECTION:
-        step = tl.load(tl.load(row + 5).to(tl.pointer_type(tl.float32)))
-        correction = 1.0 - tl.exp2(step * log2_alpha)  # 1 - alpha^t
+        # t counts this step; the counter itself advances when the tensor's last block is done
+        t = tl.load(tl.load(row + 4).to(tl.pointer_type(tl.float32))) + 1.0
+        correction = 1.0 - tl.exp2(t * log2_alpha)  # 1 - alpha^t
         variance = variance / correction
         if CENTERED:
             grad_avg = grad_avg / correction
@@ -107,11 +114,11 @@ def _update_block(
     u = tl.div_rn(grad, denom)
 
     if HAS_MOMENTUM:
-        buffer = _load(row, 4, offsets, numel, STATE_DTYPE, ALIGNED, MASKED)
+        buffer = _load(row, 3, offsets, numel, STATE_DTYPE, ALIGNED, MASKED)
         if LR_IN_MOMENTUM:
             u = lr * u
         buffer = momentum * buffer + u
-        _store(row, 4, offsets, numel, buffer, STATE_DTYPE, ALIGNED, MASKED)
+        _store(row, 3, offsets, numel, buffer, STATE_DTYPE, ALIGNED, MASKED)
         direction = buffer
         if NESTEROV:
             direction = u + momentum * buffer
@@ -126,21 +133,23 @@ def _update_block(
 
 @triton.jit
 def rmsprop_kernel(
-    tensor_table, block_table, lr_pointer, lr_value, alpha, log2_alpha, eps, weight_decay,
-    momentum,
+    tensor_table, grad_table, block_table, arrivals, lr_pointer, lr_value, alpha, log2_alpha, eps,
+    weight_decay, momentum,
     PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, LR_IS_TENSOR: tl.constexpr,
     CENTERED: tl.constexpr, HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
     LR_IN_MOMENTUM: tl.constexpr, EPS_IN_SQRT: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
     BIAS_CORRECTION: tl.constexpr, MAXIMIZE: tl.constexpr, ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """One program updates BLOCK elements of one tensor (block_table row = program id)."""
+    """One program updates BLOCK elements of one tensor (block_table row = program id); the
+    last of a tensor's programs to finish advances its step counter."""
     program = tl.program_id(0)
     tensor = tl.load(block_table + 2 * program)
     # Blocks start at multiples of BLOCK: with aligned addresses, whole blocks vectorise.
     start = tl.multiple_of(tl.load(block_table + 2 * program + 1), BLOCK)
-    row = tensor_table + tensor * 7
-    numel = tl.load(row + 6)
+    row = tensor_table + tensor * 6
+    grad_row = grad_table + tensor
+    numel = tl.load(row + 5)
     offsets = start + tl.arange(0, BLOCK)
     if LR_IS_TENSOR:
         lr = tl.load(lr_pointer).to(tl.float32)
@@ -149,63 +158,108 @@ def rmsprop_kernel(
     # Only a tensor's last block needs a mask; full blocks keep their loads vectorised.
     if start + BLOCK <= numel:
         _update_block(
-            row, offsets, numel, lr, alpha, log2_alpha, eps, weight_decay, momentum,
+            row, grad_row, offsets, numel, lr, alpha, log2_alpha, eps, weight_decay, momentum,
             PARAM_DTYPE, STATE_DTYPE, CENTERED, HAS_MOMENTUM, NESTEROV, LR_IN_MOMENTUM,
             EPS_IN_SQRT, WEIGHT_DECAY, BIAS_CORRECTION, MAXIMIZE, ALIGNED, False,
         )
     else:
         _update_block(
-            row, offsets, numel, lr, alpha, log2_alpha, eps, weight_decay, momentum,
+            row, grad_row, offsets, numel, lr, alpha, log2_alpha, eps, weight_decay, momentum,
             PARAM_DTYPE, STATE_DTYPE, CENTERED, HAS_MOMENTUM, NESTEROV, LR_IN_MOMENTUM,
             EPS_IN_SQRT, WEIGHT_DECAY, BIAS_CORRECTION, MAXIMIZE, ALIGNED, True,
         )
+    # Every program of the tensor has read the step (bias correction) before its arrival is
+    # counted, so the last to arrive may advance it: the barrier orders all of this program's
+    # threads' reads before the one thread that issues the (acquire-release) atomic, as in a
+    # grid-wide sync. The last program resets the count for the next launch, which keeps a
+    # replayed CUDA graph correct too.
+    tl.debug_barrier()
+    arrived = tl.atomic_add(arrivals + tensor, 1)
+    if arrived == tl.maximum((numel + BLOCK - 1) // BLOCK, 1) - 1:  # an empty tensor has one
+        step = tl.load(row + 4).to(tl.pointer_type(tl.float32))
+        tl.store(step, tl.load(step) + 1.0)
+        tl.store(arrivals + tensor, 0)
 
 
-@dataclass
-class LaunchTables:
-    """Device tables for one bucket, valid while ``key`` (addresses and sizes) is unchanged."""
+def _aligned(addresses: Iterable[int]) -> bool:
+    return all(address % 16 == 0 for address in addresses)
+
+
+def _int64_table(values: list[int] | tuple[int, ...], device: torch.device) -> Tensor:
+    """A device copy of host integers; pinned on CUDA, so that the copy is truly asynchronous
+    (torch's host allocator keeps the pinned block until the copy is done)."""
+    pin = device.type == "cuda"
+    return torch.tensor(values, dtype=torch.int64, pin_memory=pin).to(device, non_blocking=True)
+
+
+@dataclass(eq=False)
+class KernelLaunch:
+    """Everything one launch for one bucket needs. The tables hold ``key`` (the addresses of
+    params, state and steps, and the sizes) and ``grad_addresses``."""
 
     key: tuple[int, ...]
     tensor_table: Tensor
     block_table: Tensor
-    aligned: bool  # every address a multiple of 16 bytes (views into a flat buffer may not be)
+    arrivals: Tensor  # int32 per tensor: its programs finished so far in this launch
+    grad_table: Tensor
+    grad_addresses: tuple[int, ...]
+    state_aligned: bool  # params and state at multiples of 16 bytes (views may not be)
+    aligned: bool  # ... and the gradients too: loads and stores may be vectorised
+    param_dtype: torch.dtype
+    state_dtype: torch.dtype
+
+    def point_to_grads(self, grad_addresses: tuple[int, ...]) -> None:
+        """Make ``grad_table`` hold these addresses: one small copy when the gradients moved."""
+        if grad_addresses == self.grad_addresses:
+            return
+        self.grad_table.copy_(_int64_table(grad_addresses, self.grad_table.device),
+                              non_blocking=True)
+        self.grad_addresses = grad_addresses
+        self.aligned = self.state_aligned and _aligned(grad_addresses)
 
 
 def _addresses(tensors: GroupTensors) -> tuple[int, ...]:
-    columns = (tensors.params, tensors.grads, tensors.square_avgs, tensors.grad_avgs,
-               tensors.momentum_buffers, tensors.steps)
-    return tuple(t.data_ptr() for column in columns for t in column) + tuple(
-        p.numel() for p in tensors.params
-    )
+    """Addresses of params, state and steps, and the sizes: what ``tensor_table`` holds."""
+    columns = (tensors.params, tensors.square_avgs, tensors.grad_avgs, tensors.momentum_buffers,
+               tensors.steps)
+    return (*(t.data_ptr() for column in columns for t in column),
+            *map(Tensor.numel, tensors.params))
 
 
-def _build_tables(tensors: GroupTensors, key: tuple[int, ...]) -> LaunchTables:
+def _build_launch(tensors: GroupTensors, key: tuple[int, ...]) -> KernelLaunch:
     n = len(tensors.params)
     device = tensors.params[0].device
     rows = torch.zeros(n, COLUMNS, dtype=torch.int64)
-    for column, values in ((PARAM, tensors.params), (GRAD, tensors.grads),
-                           (SQUARE_AVG, tensors.square_avgs), (GRAD_AVG, tensors.grad_avgs),
+    for column, values in ((PARAM, tensors.params), (SQUARE_AVG, tensors.square_avgs),
+                           (GRAD_AVG, tensors.grad_avgs),
                            (MOMENTUM_BUFFER, tensors.momentum_buffers), (STEP, tensors.steps)):
         if values:
             rows[:, column] = torch.tensor([t.data_ptr() for t in values], dtype=torch.int64)
     numels = torch.tensor([p.numel() for p in tensors.params], dtype=torch.int64)
     rows[:, NUMEL] = numels
-    blocks_per_tensor = (numels + BLOCK_SIZE - 1) // BLOCK_SIZE
+    # Every tensor gets at least one program: an empty one still advances its step.
+    blocks_per_tensor = ((numels + BLOCK_SIZE - 1) // BLOCK_SIZE).clamp(min=1)
     tensor_index = torch.repeat_interleave(torch.arange(n), blocks_per_tensor)
     first_block = torch.cumsum(blocks_per_tensor, 0) - blocks_per_tensor
     block_in_tensor = torch.arange(len(tensor_index)) - first_block[tensor_index]
     blocks = torch.stack([tensor_index, block_in_tensor * BLOCK_SIZE], dim=1)
-    aligned = bool((rows[:, :STEP] % 16 == 0).all())
-    return LaunchTables(key, rows.to(device, non_blocking=True),
-                        blocks.to(device, non_blocking=True), aligned)
+    state_aligned = bool((rows[:, :STEP] % 16 == 0).all())
+    grad_addresses = tuple(map(Tensor.data_ptr, tensors.grads))
+    return KernelLaunch(
+        key, rows.to(device, non_blocking=True), blocks.to(device, non_blocking=True),
+        torch.zeros(n, dtype=torch.int32, device=device), _int64_table(grad_addresses, device),
+        grad_addresses, state_aligned, state_aligned and _aligned(grad_addresses),
+        tensors.params[0].dtype, tensors.square_avgs[0].dtype)
 
 
-def cached_tables(tensors: GroupTensors, cached: LaunchTables | None) -> LaunchTables:
-    """The cached tables when every address and size is unchanged, else freshly built ones."""
+def cached_launch(tensors: GroupTensors, cached: KernelLaunch | None) -> KernelLaunch:
+    """The cached launch, pointed at the current gradients, when the params and state are
+    where it holds them; else a freshly built one."""
     key = _addresses(tensors)
-    if cached is not None and cached.key == key:
-        return cached
-    return _build_tables(tensors, key)
+    if cached is None or cached.key != key:
+        return _build_launch(tensors, key)
+    cached.point_to_grads(tuple(map(Tensor.data_ptr, tensors.grads)))
+    return cached
 
 
 def check_kernel_tensors(tensors: GroupTensors) -> str | None:
@@ -226,22 +280,21 @@ def check_kernel_tensors(tensors: GroupTensors) -> str | None:
     return None
 
 
-def kernel_update(tensors: GroupTensors, hp: Hyperparameters, tables: LaunchTables) -> None:
-    """Advance the step counters and launch the kernel once for the whole bucket."""
-    torch._foreach_add_(tensors.steps, 1)
+def kernel_update(launch: KernelLaunch, hp: Hyperparameters) -> None:
+    """Launch the kernel once for the whole bucket (step counters included)."""
     lr = hp.lr
     lr_is_tensor = isinstance(lr, Tensor)
     weight_decay_mode = 0 if not hp.weight_decay else (2 if hp.decoupled_weight_decay else 1)
-    n_blocks = tables.block_table.shape[0]
+    n_blocks = launch.block_table.shape[0]
     rmsprop_kernel[(n_blocks,)](
-        tables.tensor_table, tables.block_table,
-        lr if lr_is_tensor else tables.tensor_table, 0.0 if lr_is_tensor else float(lr),
+        launch.tensor_table, launch.grad_table, launch.block_table, launch.arrivals,
+        lr if lr_is_tensor else launch.tensor_table, 0.0 if lr_is_tensor else float(lr),
         float(hp.alpha), math.log2(hp.alpha) if hp.alpha > 0 else -math.inf, float(hp.eps),
         float(hp.weight_decay), float(hp.momentum),
-        PARAM_DTYPE=KERNEL_DTYPES[tensors.params[0].dtype],
-        STATE_DTYPE=KERNEL_DTYPES[tensors.square_avgs[0].dtype],
+        PARAM_DTYPE=KERNEL_DTYPES[launch.param_dtype],
+        STATE_DTYPE=KERNEL_DTYPES[launch.state_dtype],
         LR_IS_TENSOR=lr_is_tensor, CENTERED=hp.centered, HAS_MOMENTUM=hp.momentum > 0,
         NESTEROV=hp.nesterov, LR_IN_MOMENTUM=hp.lr_in_momentum, EPS_IN_SQRT=hp.eps_in_sqrt,
         WEIGHT_DECAY=weight_decay_mode, BIAS_CORRECTION=hp.bias_correction,
-        MAXIMIZE=hp.maximize, ALIGNED=tables.aligned, BLOCK=BLOCK_SIZE, num_warps=NUM_WARPS,
+        MAXIMIZE=hp.maximize, ALIGNED=launch.aligned, BLOCK=BLOCK_SIZE, num_warps=NUM_WARPS,
     )

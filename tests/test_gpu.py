@@ -46,13 +46,35 @@ def test_kernel_low_precision_matches_foreach(dtype):
 
 def test_one_kernel_launch_per_step():
     params = cuda_params([(7,)] * 200)
-    optimizer = RMSprop(params, centered=True, momentum=0.9)
+    optimizer = RMSprop(params, centered=True, momentum=0.9, bias_correction=True)
     run_steps(optimizer, params, 2)  # warm-up: compile and build the tables
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
         optimizer.step()
         torch.cuda.synchronize()
     names = [event.name for event in profile.events() if event.device_type.name == "CUDA"]
-    assert sum("rmsprop_kernel" in name for name in names) == 1
+    assert len(names) == 1 and "rmsprop_kernel" in names[0]  # the step counters included
+    assert all(optimizer.state[p]["step"].item() == 3 for p in params)
+
+
+def test_training_loop_with_gradients_freed_every_step_matches_foreach():
+    # zero_grad() frees the gradients, so they may come back at other addresses; the cached
+    # launch must follow them. Bias correction reads each tensor's step in every block. The
+    # foreach path gets copies of the same gradients, so both see the same sequence.
+    torch.manual_seed(0)
+    model = torch.nn.LSTM(64, 128, num_layers=2).cuda()
+    copies = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    settings = dict(centered=True, momentum=0.9, bias_correction=True, eps_in_sqrt=True, eps=1e-2)
+    fused = RMSprop(model.parameters(), **settings)
+    foreach = RMSprop(copies, fused=False, **settings)
+    for _ in range(20):
+        fused.zero_grad()
+        model(torch.randn(30, 8, 64, device="cuda"))[0].square().mean().backward()
+        for p, c in zip(model.parameters(), copies):
+            c.grad = p.grad.clone()
+        fused.step()
+        foreach.step()
+    for p, c in zip(model.parameters(), copies):
+        torch.testing.assert_close(p.detach(), c.detach(), rtol=1e-4, atol=1e-5)
 
 
 def test_step_captures_in_a_cuda_graph():

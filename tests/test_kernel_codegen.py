@@ -27,7 +27,9 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from optimizers.triton_kernel import BLOCK_SIZE, NUM_WARPS, rmsprop_kernel
 
-signature = {"tensor_table": "*i64", "block_table": "*i64", "lr_pointer": "*fp32",
+signature = {"tensor_table": "*i64", "grad_table": "*i64", "block_table": "*i64",
+             "arrivals": "*i32",
+             "lr_pointer": "*fp32",
              "lr_value": "fp32", "alpha": "fp32", "log2_alpha": "fp32", "eps": "fp32",
              "weight_decay": "fp32", "momentum": "fp32"}
 base = dict(PARAM_DTYPE=tl.float32, STATE_DTYPE=tl.float32, LR_IS_TENSOR=False, CENTERED=False,

@@ -2,6 +2,7 @@
 errors, presets, and the kernel's table cache."""
 
 import copy
+import weakref
 import re
 
 import pytest
@@ -205,18 +206,88 @@ def test_preset_values_can_be_overridden_and_unknown_names_are_refused():
 
 
 @needs_kernel
-def test_kernel_tables_are_cached_while_storage_is_stable():
+def test_kernel_tables_follow_moved_gradients_and_rebuild_for_moved_params():
     params = [p.requires_grad_() for p in initial_params([(10,), (3, 3)])]
     optimizer = RMSprop(params, fused=True, centered=True)
     for p in params:
         p.grad = torch.ones_like(p)
     optimizer.step()
-    (tables,) = optimizer._kernel_tables.values()
-    assert tables.aligned  # fresh allocations are 16-byte aligned
+    (launch,) = optimizer._launch_plans[0].launches
+    assert launch.aligned  # fresh allocations are 16-byte aligned
+    table = launch.tensor_table.clone()
+    params[1].grad = torch.ones(3, 3) * 2  # new storage: only the gradient table follows it
     optimizer.step()
-    assert next(iter(optimizer._kernel_tables.values())) is tables
-    params[1].grad = torch.ones(3, 3) * 2  # new storage: the table must follow it
+    assert optimizer._launch_plans[0].launches == [launch]
+    assert torch.equal(launch.tensor_table, table)
+    assert launch.grad_table.tolist() == [p.grad.data_ptr() for p in params]
+    flat = torch.zeros(1 + 10)
+    params[0].grad = flat[1:]  # at an odd offset: no longer 16-byte aligned
     optimizer.step()
-    rebuilt = next(iter(optimizer._kernel_tables.values()))
-    assert rebuilt is not tables
-    assert rebuilt.tensor_table[1, 1].item() == params[1].grad.data_ptr()
+    assert not launch.aligned and launch.grad_table[0].item() == params[0].grad.data_ptr()
+    params[0].grad = torch.ones(10)
+    optimizer.step()
+    assert launch.aligned
+    params[0].data = params[0].data.clone()  # a param in new storage: the tables are rebuilt
+    optimizer.step()
+    (rebuilt,) = optimizer._launch_plans[0].launches
+    assert rebuilt is not launch
+    assert rebuilt.tensor_table[0, 0].item() == params[0].data_ptr()
+
+
+@needs_kernel
+def test_kernel_plan_follows_every_change_of_storage_and_state(monkeypatch):
+    # Steady kernel steps reuse the group's launch plan and skip the walk over the params
+    # (_init_group), also when gradients move. Each other change below must send the step back
+    # through that walk, and the kernel must stay on the foreach path's trajectory, state and
+    # step counters included, throughout.
+    settings = dict(centered=True, momentum=0.9, nesterov=True)
+    start = initial_params([(0,), (5,), (2049,), (3, 4)])  # empty, and more than one block
+    runs = {fused: [p.clone().requires_grad_() for p in start] for fused in (True, False)}
+    optimizers = {fused: RMSprop(params, fused=fused, **settings) for fused, params in runs.items()}
+    walks = []
+    walk = RMSprop._init_group
+    monkeypatch.setattr(RMSprop, "_init_group",
+                        lambda self, group: walks.append(self.defaults["fused"]) or walk(self, group))
+    counter = iter(range(100))
+
+    def steps(count: int, without_grad: tuple[int, ...] = ()) -> int:
+        """Run `count` steps on both paths (gradients written in place); the kernel's walks."""
+        before = walks.count(True)
+        for _ in range(count):
+            step = next(counter)
+            for fused, params in runs.items():
+                for index, p in enumerate(params):
+                    g = gradient(p.shape, step, index, p.dtype)
+                    if index in without_grad:
+                        p.grad = None
+                    elif p.grad is None:
+                        p.grad = g
+                    else:
+                        p.grad.copy_(g)
+                optimizers[fused].step()
+        for p, q in zip(runs[True], runs[False]):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+            for key, value in optimizers[False].state[q].items():
+                torch.testing.assert_close(optimizers[True].state[p][key], value,
+                                           rtol=1e-4, atol=1e-5)
+        return walks.count(True) - before
+
+    assert steps(4) == 1  # the first step builds the plan
+    kernel_params = runs[True]
+    old_grad = kernel_params[2].grad
+    kernel_params[2].grad = old_grad.clone()  # a gradient in new storage: the plan follows it
+    assert steps(2) == 0
+    freed = weakref.ref(old_grad)
+    del old_grad
+    assert freed() is None  # the plan keeps addresses, not the gradients themselves
+    kernel_params[1].data = kernel_params[1].data.clone()  # a parameter in new storage
+    assert steps(2) == 1
+    for fused in runs:  # new state tensors
+        optimizers[fused].load_state_dict(copy.deepcopy(optimizers[fused].state_dict()))
+    assert steps(2) == 1
+    assert steps(2, without_grad=(3,)) == 2  # a param without a gradient: the general path
+    assert steps(1) == 1
+    for optimizer in optimizers.values():  # the state reset: it starts again from step 1
+        optimizer.state.clear()
+    assert steps(2) == 1
+    assert all(optimizers[True].state[p]["step"].item() == 2 for p in kernel_params)
