@@ -321,7 +321,7 @@ class RMSprop(Optimizer):
     def _step_group(self, index: int, group: dict[str, Any]) -> None:
         """One step of one group; a group that the kernel took whole keeps a plan for the next."""
         plans = self.__dict__.setdefault("_launch_plans", {})
-        plan = plans.pop(index, None)
+        plan = plans.get(index)
         launches = plan.launches_for(group, self.state) if plan is not None else None
         if launches is not None:
             from .triton_kernel import kernel_update
@@ -329,8 +329,8 @@ class RMSprop(Optimizer):
             hp = self._hyperparameters(group)
             for launch in launches:
                 kernel_update(launch, hp)
-            plans[index] = plan
             return
+        plans.pop(index, None)  # stale: let go of the state it holds before new state is made
         buckets = self._init_group(group)
         launches = [self._update_bucket(group, index, key, bucket)
                     for key, bucket in buckets.items()]
