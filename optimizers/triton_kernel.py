@@ -168,17 +168,19 @@ def rmsprop_kernel(
             PARAM_DTYPE, STATE_DTYPE, CENTERED, HAS_MOMENTUM, NESTEROV, LR_IN_MOMENTUM,
             EPS_IN_SQRT, WEIGHT_DECAY, BIAS_CORRECTION, MAXIMIZE, ALIGNED, True,
         )
-    # Every program of the tensor has read the step (bias correction) before its arrival is
-    # counted, so the last to arrive may advance it: the barrier orders all of this program's
-    # threads' reads before the one thread that issues the (acquire-release) atomic, as in a
-    # grid-wide sync. The last program resets the count for the next launch, which keeps a
-    # replayed CUDA graph correct too.
-    tl.debug_barrier()
-    arrived = tl.atomic_add(arrivals + tensor, 1)
-    if arrived == tl.maximum((numel + BLOCK - 1) // BLOCK, 1) - 1:  # an empty tensor has one
-        step = tl.load(row + 4).to(tl.pointer_type(tl.float32))
+    step = tl.load(row + 4).to(tl.pointer_type(tl.float32))
+    if BIAS_CORRECTION:
+        # Every program of the tensor reads the step, so only the last to finish may advance
+        # it. The barrier orders all of this program's threads' reads before the one thread
+        # that issues the (acquire-release) atomic, as in a grid-wide sync. The last program
+        # resets the count for the next launch, which keeps a replayed CUDA graph correct too.
+        tl.debug_barrier()
+        arrived = tl.atomic_add(arrivals + tensor, 1)
+        if arrived == tl.maximum((numel + BLOCK - 1) // BLOCK, 1) - 1:  # an empty tensor: one
+            tl.store(step, tl.load(step) + 1.0)
+            tl.store(arrivals + tensor, 0)
+    elif start == 0:  # no program reads the step: the tensor's first one advances it
         tl.store(step, tl.load(step) + 1.0)
-        tl.store(arrivals + tensor, 0)
 
 
 def _aligned(addresses: Iterable[int]) -> bool:
@@ -200,7 +202,7 @@ class KernelLaunch:
     key: tuple[int, ...]
     tensor_table: Tensor
     block_table: Tensor
-    arrivals: Tensor  # int32 per tensor: its programs finished so far in this launch
+    arrivals: Tensor  # int32 per tensor: its programs finished so far (bias correction only)
     grad_table: Tensor
     grad_addresses: tuple[int, ...]
     state_aligned: bool  # params and state at multiples of 16 bytes (views may not be)
