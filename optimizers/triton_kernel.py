@@ -12,11 +12,13 @@ The launch is driven by two tables that live on the device:
 They are cached on the optimizer. Gradients in new storage cost one small host-to-device copy
 of ``grad_table``; the other tables are rebuilt only when a param's or a state tensor's storage
 changes. There is no synchronisation, and with stable storage (the case under CUDA graph capture)
-no copy at all, and ``launch_plan.py`` skips the Python walk over the
-params as well. The step counters advance inside the same launch: the last program of each tensor
-to finish increments its ``step``, so a step is exactly one kernel launch. Every variant of the update rule is a ``tl.constexpr``
-specialisation of the one kernel, and each element of params, grads and state is read once and
-written once. The math is fp32 whatever the storage dtype.
+no copy at all; ``launch_plan.py`` then skips the Python walk over the params as well.
+
+The step counters advance inside the same launch, so a step is exactly one kernel launch. With
+bias correction every program reads its tensor's step and the last one to finish advances it;
+without, no program reads it and the tensor's first program does. Every variant of the update
+rule is a ``tl.constexpr`` specialisation of the one kernel, and each element of params, grads
+and state is read once and written once. The math is fp32 whatever the storage dtype.
 
 This module imports Triton at load time; the optimizer imports it only when the kernel is used,
 so the CPU paths work where Triton is absent. ``TRITON_INTERPRET=1`` runs the same kernel on CPU
