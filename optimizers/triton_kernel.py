@@ -1,6 +1,6 @@
 """The fused path: one Triton launch updates every tensor of a (device, dtype) bucket.
 
-The launch is driven by two tables that live on the device:
+The launch is driven by tables that live on the device:
 
 * ``tensor_table`` (int64, one row per tensor): the addresses of param, square_avg, grad_avg,
   momentum_buffer and step, and the tensor's numel;
