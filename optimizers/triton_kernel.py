@@ -189,6 +189,16 @@ def _aligned(addresses: Iterable[int]) -> bool:
     return all(address % 16 == 0 for address in addresses)
 
 
+def _refuse_during_capture(what: str) -> None:
+    """Host data cannot be copied to the device while a CUDA graph is being captured."""
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            f"RMSprop: {what} since the last step outside CUDA graph capture, and the kernel's "
+            "address tables cannot be updated during capture. Run a step outside the capture "
+            "with the same tensors first; for gradients, keep them in place "
+            "(zero_grad(set_to_none=False)), or use fused=False, capturable=True.")
+
+
 def _int64_table(values: list[int] | tuple[int, ...], device: torch.device) -> Tensor:
     """A device copy of host integers; pinned on CUDA, so that the copy is truly asynchronous
     (torch's host allocator keeps the pinned block until the copy is done)."""
@@ -216,6 +226,7 @@ class KernelLaunch:
         """Make ``grad_table`` hold these addresses: one small copy when the gradients moved."""
         if grad_addresses == self.grad_addresses:
             return
+        _refuse_during_capture("the gradients moved")
         self.grad_table.copy_(_int64_table(grad_addresses, self.grad_table.device),
                               non_blocking=True)
         self.grad_addresses = grad_addresses
@@ -231,6 +242,7 @@ def _addresses(tensors: GroupTensors) -> tuple[int, ...]:
 
 
 def _build_launch(tensors: GroupTensors, key: tuple[int, ...]) -> KernelLaunch:
+    _refuse_during_capture("the parameters or their state are new or moved")
     n = len(tensors.params)
     device = tensors.params[0].device
     rows = torch.zeros(n, COLUMNS, dtype=torch.int64)

@@ -291,3 +291,26 @@ def test_kernel_plan_follows_every_change_of_storage_and_state(monkeypatch):
         optimizer.state.clear()
     assert steps(2) == 1
     assert all(optimizers[True].state[p]["step"].item() == 2 for p in kernel_params)
+
+
+@needs_kernel
+def test_tables_that_must_change_during_cuda_graph_capture_are_refused_by_name(monkeypatch):
+    # Copying new addresses to the device cannot be captured in a CUDA graph; the step must say
+    # what moved and what to do instead of failing inside CUDA.
+    params = [p.requires_grad_() for p in initial_params([(10,), (3, 3)])]
+    optimizer = RMSprop(params, fused=True)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    before = [p.detach().clone() for p in params]
+    optimizer.step()  # nothing moved: the captured step needs no copy
+    assert not torch.equal(params[0], before[0])
+    params[1].grad = torch.ones(3, 3)
+    with pytest.raises(RuntimeError, match="the gradients moved since the last step outside CUDA "
+                                           r"graph capture.*zero_grad\(set_to_none=False\)"):
+        optimizer.step()
+    optimizer.state.clear()
+    with pytest.raises(RuntimeError, match="parameters or their state are new or moved"):
+        optimizer.step()
