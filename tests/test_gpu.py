@@ -99,3 +99,28 @@ def test_step_captures_in_a_cuda_graph():
     for p, b, r in zip(params, before, reference):
         assert not torch.equal(b, r)
         torch.testing.assert_close(p.detach(), b)
+
+
+def test_views_at_odd_offsets_beside_aligned_tensors_on_cuda():
+    # A 128-bit access to a misaligned view faults on a GPU: each tensor of the launch must pick
+    # its own path (the interpreter, which ignores alignment, cannot check this).
+    shapes = [(4099,), (3, 4), (4100,)]
+    start = initial_params(shapes)
+    expected, _ = reference_trajectory(start, VARIANTS["graves"], 10)
+    flat = torch.zeros(1 + 4099 + 12, device="cuda")
+    params = [torch.nn.Parameter(flat[1:4100]), torch.nn.Parameter(flat[4100:].view(3, 4)),
+              torch.nn.Parameter(torch.zeros(4100, device="cuda"))]
+    with torch.no_grad():
+        for p, s in zip(params, start):
+            p.copy_(s)
+    optimizer = RMSprop(params, **VARIANTS["graves"])
+    grad_buffer = torch.zeros(1 + sum(p.numel() for p in params), device="cuda")
+    for step in range(10):
+        offset = step % 2  # the gradients too, at odd offsets every other step
+        for index, p in enumerate(params):
+            p.grad = grad_buffer[offset:offset + p.numel()].view(p.shape)
+            p.grad.copy_(gradient(p.shape, step, index, p.dtype))
+            offset += p.numel()
+        optimizer.step()
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach().cpu().double(), e, rtol=2e-5, atol=2e-6)

@@ -213,20 +213,12 @@ def test_kernel_tables_follow_moved_gradients_and_rebuild_for_moved_params():
         p.grad = torch.ones_like(p)
     optimizer.step()
     (launch,) = optimizer._launch_plans[0].launches
-    assert launch.aligned  # fresh allocations are 16-byte aligned
     table = launch.tensor_table.clone()
     params[1].grad = torch.ones(3, 3) * 2  # new storage: only the gradient table follows it
     optimizer.step()
     assert optimizer._launch_plans[0].launches == [launch]
     assert torch.equal(launch.tensor_table, table)
     assert launch.grad_table.tolist() == [p.grad.data_ptr() for p in params]
-    flat = torch.zeros(1 + 10)
-    params[0].grad = flat[1:]  # at an odd offset: no longer 16-byte aligned
-    optimizer.step()
-    assert not launch.aligned and launch.grad_table[0].item() == params[0].grad.data_ptr()
-    params[0].grad = torch.ones(10)
-    optimizer.step()
-    assert launch.aligned
     params[0].data = params[0].data.clone()  # a param in new storage: the tables are rebuilt
     optimizer.step()
     (rebuilt,) = optimizer._launch_plans[0].launches

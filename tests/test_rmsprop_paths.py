@@ -168,21 +168,28 @@ def test_compiled_path_follows_a_changing_learning_rate():
 
 
 @needs_kernel
-def test_kernel_on_unaligned_views():
-    # Parameters that are views into one flat buffer at odd offsets (as flat-parameter wrappers
-    # make) are not 16-byte aligned: the kernel must notice and still be exact.
-    flat = torch.zeros(1 + 37 + 12)
-    start = initial_params([(37,), (3, 4)])
-    params = [torch.nn.Parameter(flat[1:38]), torch.nn.Parameter(flat[38:].view(3, 4))]
+def test_kernel_on_views_at_odd_offsets_beside_aligned_tensors():
+    # Views into one flat buffer at odd offsets (as flat-parameter wrappers and DDP's gradient
+    # buckets make) are not 16-byte aligned, and share a launch with tensors that are: each
+    # tensor picks its own path, and all of them must be exact. Sizes span several blocks.
+    shapes = [(2049,), (3, 4), (4100,), (7,)]
+    start = initial_params(shapes)
+    flat = torch.zeros(1 + 2049 + 12)
+    params = [torch.nn.Parameter(flat[1:2050]), torch.nn.Parameter(flat[2050:].view(3, 4)),
+              torch.nn.Parameter(torch.zeros(4100)), torch.nn.Parameter(torch.zeros(7))]
     with torch.no_grad():
         for p, s in zip(params, start):
             p.copy_(s)
+    assert params[0].data_ptr() % 16 and params[1].data_ptr() % 16
     expected, _ = reference_trajectory(start, VARIANTS["graves"], STEPS)
     optimizer = RMSprop(params, fused=True, **VARIANTS["graves"])
+    grad_buffer = torch.zeros(3 + sum(p.numel() for p in params))
     for step in range(STEPS):
+        offset = 3 if step % 2 else 0  # gradients at odd offsets every other step
         for index, p in enumerate(params):
-            p.grad = gradient(p.shape, step, index, p.dtype)
+            p.grad = grad_buffer[offset:offset + p.numel()].view(p.shape)
+            p.grad.copy_(gradient(p.shape, step, index, p.dtype))
+            offset += p.numel()
         optimizer.step()
-    assert not next(iter(optimizer._kernel_launches.values())).aligned
     for p, e in zip(params, expected):
         torch.testing.assert_close(p.detach().double(), e, rtol=2e-5, atol=2e-6)
