@@ -4,14 +4,15 @@ Preparing a launch walks every parameter in Python: gather gradients and state i
 dtype) buckets, check that the kernel can take them, compare every address with the cached
 tables. For 200 LSTM-shaped tensors that took 390-530 us per step on our CPU
 (``benchmarks/kernel_host_overhead.py``), more than the kernel's memory traffic would take on a
-current GPU. Once a group has gone through the kernel whole, a ``LaunchPlan`` records what its
-launches were built from, and the next step only reads the gradients, compares addresses and
-launches (125 us there).
+current GPU. Once every param of a group that has a gradient has gone through the kernel, a
+``LaunchPlan`` records what its launches were built from, and the next step only reads the
+gradients, compares addresses and launches (125 us there).
 
 A plan is reused while
 
-* every param of the group has a contiguous (dense) gradient, and the params are at the
-  addresses the tables hold (gradients may move: ``KernelLaunch.point_to_grads`` follows them);
+* the same params have a gradient (those without are skipped, as on every path), the params
+  are at the addresses the tables hold, and all of them and their gradients are contiguous
+  (gradients may move: ``KernelLaunch.point_to_grads`` follows them);
 * each param's state is the same dict (``load_state_dict`` or a reset of ``optimizer.state``
   gives new ones). The tensors inside are the optimizer's own and are updated in place; a tensor
   put into a state dict by hand is not noticed (load a state dict instead);
@@ -23,9 +24,8 @@ Anything else sends the step through the general path, which builds a new plan.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch import Tensor
 
@@ -40,39 +40,52 @@ def path_settings(group: dict[str, Any]) -> tuple:
     return (*(group[name] for name in PATH_SETTINGS), group["momentum"] > 0)
 
 
-def addresses(params: Sequence[Tensor]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """The addresses of the params and of their gradients; None when a param has no gradient
-    or either is not contiguous (a sparse gradient included)."""
+class Trained(NamedTuple):
+    """The params of a group that have a gradient, and the addresses of both."""
+
+    params: list[Tensor]
+    param_addresses: tuple[int, ...]
+    grad_addresses: tuple[int, ...]
+
+
+def trained(params: list[Tensor]) -> Trained | None:
+    """The params that have a gradient, with addresses; None when such a param or its gradient
+    is not contiguous (a sparse gradient included)."""
     grads = [p.grad for p in params]
     try:
-        if not all(map(Tensor.is_contiguous, grads)) or not all(map(Tensor.is_contiguous, params)):
+        grad_addresses = tuple(map(Tensor.data_ptr, grads))
+    except (TypeError, RuntimeError):  # a param without a gradient (or a sparse one)
+        params = [p for p, g in zip(params, grads) if g is not None]
+        grads = [g for g in grads if g is not None]
+        try:
+            grad_addresses = tuple(map(Tensor.data_ptr, grads))
+        except RuntimeError:
             return None
-        return tuple(map(Tensor.data_ptr, params)), tuple(map(Tensor.data_ptr, grads))
-    except TypeError:  # a gradient is None
+    if not all(map(Tensor.is_contiguous, grads)) or not all(map(Tensor.is_contiguous, params)):
         return None
+    return Trained(params, tuple(map(Tensor.data_ptr, params)), grad_addresses)
 
 
 @dataclass(eq=False)
 class LaunchPlan:
     """The launches of one param group, and what they were built from."""
 
-    param_addresses: tuple[int, ...]
-    states: tuple[dict, ...]  # each param's state dict, compared by identity
+    param_addresses: tuple[int, ...]  # of the params that had a gradient
+    states: tuple[dict, ...]  # their state dicts, compared by identity
     settings: tuple
     launches: list[KernelLaunch]  # one per (device, dtype) bucket
-    positions: list[list[int] | None]  # each launch's params in the group; None: all, in order
+    positions: list[list[int] | None]  # each launch's params among them; None: all, in order
 
     def launches_for(self, group: dict[str, Any], state: dict) -> list[KernelLaunch] | None:
         """The launches, pointed at the current gradients, or None when the plan is stale."""
-        params = group["params"]
         if self.settings != path_settings(group):
             return None
-        found = addresses(params)
-        if found is None or found[0] != self.param_addresses:
+        found = trained(group["params"])
+        if found is None or found.param_addresses != self.param_addresses:
             return None
-        if not all(map(operator.is_, map(state.get, params), self.states)):
+        if not all(map(operator.is_, map(state.get, found.params), self.states)):
             return None
-        grads = found[1]
+        grads = found.grad_addresses
         for launch, positions in zip(self.launches, self.positions):
             launch.point_to_grads(grads if positions is None else tuple(grads[i] for i in positions))
         return self.launches
@@ -80,14 +93,14 @@ class LaunchPlan:
 
 def build(group: dict[str, Any], state: dict, launches: list[KernelLaunch],
           bucket_params: list[list[Tensor]]) -> LaunchPlan | None:
-    """A plan for a group whose every param went through ``launches`` (bucket by bucket), or
-    None when that is not the case."""
-    params = group["params"]
-    found = addresses(params)
-    if found is None or sum(map(len, bucket_params)) != len(params):
+    """A plan for a group whose params with a gradient all went through ``launches`` (bucket by
+    bucket), or None when that is not the case."""
+    found = trained(group["params"])
+    if found is None or sum(map(len, bucket_params)) != len(found.params):
         return None
-    index = {id(p): i for i, p in enumerate(params)}
+    index = {id(p): i for i, p in enumerate(found.params)}
     positions = [[index[id(p)] for p in bucket] for bucket in bucket_params]
-    in_order = list(range(len(params)))
-    return LaunchPlan(found[0], tuple(map(state.get, params)), path_settings(group), launches,
+    in_order = list(range(len(found.params)))
+    return LaunchPlan(found.param_addresses, tuple(map(state.get, found.params)),
+                      path_settings(group), launches,
                       [None if p == in_order else p for p in positions])

@@ -319,7 +319,8 @@ class RMSprop(Optimizer):
         return None
 
     def _step_group(self, index: int, group: dict[str, Any]) -> None:
-        """One step of one group; a group that the kernel took whole keeps a plan for the next."""
+        """One step of one group. When the kernel took all of it, the group keeps a plan of its
+        launches, and the next step reuses it if nothing it was built from has changed."""
         plans = self.__dict__.setdefault("_launch_plans", {})
         plan = plans.get(index)
         launches = plan.launches_for(group, self.state) if plan is not None else None
