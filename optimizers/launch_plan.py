@@ -12,7 +12,7 @@ A plan is reused while
 
 * the same params have a gradient (those without are skipped, as on every path), the params
   are at the addresses the tables hold, and all of them and their gradients are contiguous
-  (gradients may move: ``KernelLaunch.point_to_grads`` follows them);
+  (gradients may move: ``KernelLaunch.grad_table_for`` follows them);
 * each param's state is the same dict (``load_state_dict`` or a reset of ``optimizer.state``
   gives new ones). The tensors inside are the optimizer's own and are updated in place; a tensor
   put into a state dict by hand is not noticed (load a state dict instead);
@@ -76,8 +76,10 @@ class LaunchPlan:
     launches: list[KernelLaunch]  # one per (device, dtype) bucket
     positions: list[list[int] | None]  # each launch's params among them; None: all, in order
 
-    def launches_for(self, group: dict[str, Any], state: dict) -> list[KernelLaunch] | None:
-        """The launches, pointed at the current gradients, or None when the plan is stale."""
+    def launches_for(self, group: dict[str, Any],
+                     state: dict) -> list[tuple[KernelLaunch, Tensor]] | None:
+        """Each launch with the gradient table for the current gradients, or None when the plan
+        is stale."""
         if self.settings != path_settings(group):
             return None
         found = trained(group["params"])
@@ -86,9 +88,9 @@ class LaunchPlan:
         if not all(map(operator.is_, map(state.get, found.params), self.states)):
             return None
         grads = found.grad_addresses
-        for launch, positions in zip(self.launches, self.positions):
-            launch.point_to_grads(grads if positions is None else tuple(grads[i] for i in positions))
-        return self.launches
+        return [(launch, launch.grad_table_for(
+                    grads if positions is None else tuple(grads[i] for i in positions)))
+                for launch, positions in zip(self.launches, self.positions)]
 
 
 def build(group: dict[str, Any], state: dict, launches: list[KernelLaunch],

@@ -305,7 +305,8 @@ class RMSprop(Optimizer):
                 caches = self.__dict__.setdefault("_kernel_launches", {})
                 launch = caches[(index, key)] = triton_kernel.cached_launch(
                     tensors, caches.get((index, key)))
-                triton_kernel.kernel_update(launch, hp)
+                grad_table = launch.grad_table_for(tuple(map(Tensor.data_ptr, tensors.grads)))
+                triton_kernel.kernel_update(launch, grad_table, hp)
                 return launch
             if group["fused"]:
                 raise RuntimeError(f"RMSprop: fused=True but the kernel cannot take {reason}")
@@ -328,8 +329,8 @@ class RMSprop(Optimizer):
             from .triton_kernel import kernel_update
 
             hp = self._hyperparameters(group)
-            for launch in launches:
-                kernel_update(launch, hp)
+            for launch, grad_table in launches:
+                kernel_update(launch, grad_table, hp)
             return
         plans.pop(index, None)  # stale: let go of the state it holds before new state is made
         buckets = self._init_group(group)

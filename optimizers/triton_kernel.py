@@ -10,7 +10,7 @@ The launch is driven by tables that live on the device:
   block starts.
 
 They are cached on the optimizer. Gradients in new storage cost one small host-to-device copy
-of ``grad_table``; the other tables are rebuilt only when a param's or a state tensor's storage
+of ``grad_table`` (a copy of its own under CUDA graph capture); the other tables are rebuilt only when a param's or a state tensor's storage
 changes. There is no synchronisation, and with stable storage (the case under CUDA graph capture)
 no copy at all; ``launch_plan.py`` then skips the Python walk over the params as well.
 
@@ -187,14 +187,13 @@ def rmsprop_kernel(
         tl.store(step, tl.load(step) + 1.0)
 
 
-def _refuse_during_capture(what: str) -> None:
-    """Host data cannot be copied to the device while a CUDA graph is being captured."""
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-        raise RuntimeError(
-            f"RMSprop: {what} since the last step outside CUDA graph capture, and the kernel's "
-            "address tables cannot be updated during capture. Run a step outside the capture "
-            "with the same tensors first; for gradients, keep them in place "
-            "(zero_grad(set_to_none=False)), or use fused=False, capturable=True.")
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+# Host copies of the gradient tables of captured CUDA graphs: every replay copies from them
+# again, so they must outlive graphs whose lifetime this module cannot see. A few bytes each.
+_CAPTURED_GRAD_ADDRESSES: list[Tensor] = []
 
 
 def _int64_table(values: list[int] | tuple[int, ...], device: torch.device) -> Tensor:
@@ -218,14 +217,27 @@ class KernelLaunch:
     param_dtype: torch.dtype
     state_dtype: torch.dtype
 
-    def point_to_grads(self, grad_addresses: tuple[int, ...]) -> None:
-        """Make ``grad_table`` hold these addresses: one small copy when the gradients moved."""
+    def grad_table_for(self, grad_addresses: tuple[int, ...]) -> Tensor:
+        """A device table of these gradient addresses: ``grad_table``, after one small copy when
+        the gradients moved.
+
+        During CUDA graph capture (where ``zero_grad()`` lets backward allocate the gradients
+        from the graph's pool) the copy goes to a new table instead, from a host buffer that
+        is kept for every replay to copy again: the graph keeps the addresses it was captured
+        with, and ``grad_table`` stays the eager steps' own.
+        """
         if grad_addresses == self.grad_addresses:
-            return
-        _refuse_during_capture("the gradients moved")
+            return self.grad_table
+        if _capturing():
+            source = torch.tensor(grad_addresses, dtype=torch.int64)
+            _CAPTURED_GRAD_ADDRESSES.append(source)
+            table = torch.empty_like(self.grad_table)
+            table.copy_(source, non_blocking=True)
+            return table
         self.grad_table.copy_(_int64_table(grad_addresses, self.grad_table.device),
                               non_blocking=True)
         self.grad_addresses = grad_addresses
+        return self.grad_table
 
 
 def _addresses(tensors: GroupTensors) -> tuple[int, ...]:
@@ -237,7 +249,11 @@ def _addresses(tensors: GroupTensors) -> tuple[int, ...]:
 
 
 def _build_launch(tensors: GroupTensors, key: tuple[int, ...]) -> KernelLaunch:
-    _refuse_during_capture("the parameters or their state are new or moved")
+    if _capturing():
+        raise RuntimeError(
+            "RMSprop: the parameters or their state are new or have moved since the last step "
+            "outside CUDA graph capture, and the kernel's tables cannot be built during capture. "
+            "Run one step outside the capture first (as torch's capturable optimizers need too).")
     n = len(tensors.params)
     device = tensors.params[0].device
     rows = torch.zeros(n, COLUMNS, dtype=torch.int64)
@@ -262,12 +278,11 @@ def _build_launch(tensors: GroupTensors, key: tuple[int, ...]) -> KernelLaunch:
 
 
 def cached_launch(tensors: GroupTensors, cached: KernelLaunch | None) -> KernelLaunch:
-    """The cached launch, pointed at the current gradients, when the params and state are
-    where it holds them; else a freshly built one."""
+    """The cached launch when the params and state are where it holds them, else a freshly
+    built one."""
     key = _addresses(tensors)
     if cached is None or cached.key != key:
         return _build_launch(tensors, key)
-    cached.point_to_grads(tuple(map(Tensor.data_ptr, tensors.grads)))
     return cached
 
 
@@ -289,14 +304,14 @@ def check_kernel_tensors(tensors: GroupTensors) -> str | None:
     return None
 
 
-def kernel_update(launch: KernelLaunch, hp: Hyperparameters) -> None:
+def kernel_update(launch: KernelLaunch, grad_table: Tensor, hp: Hyperparameters) -> None:
     """Launch the kernel once for the whole bucket (step counters included)."""
     lr = hp.lr
     lr_is_tensor = isinstance(lr, Tensor)
     weight_decay_mode = 0 if not hp.weight_decay else (2 if hp.decoupled_weight_decay else 1)
     n_blocks = launch.block_table.shape[0]
     rmsprop_kernel[(n_blocks,)](
-        launch.tensor_table, launch.grad_table, launch.block_table, launch.arrivals,
+        launch.tensor_table, grad_table, launch.block_table, launch.arrivals,
         lr if lr_is_tensor else launch.tensor_table, 0.0 if lr_is_tensor else float(lr),
         float(hp.alpha), math.log2(hp.alpha) if hp.alpha > 0 else -math.inf, float(hp.eps),
         float(hp.weight_decay), float(hp.momentum),

@@ -124,3 +124,49 @@ def test_views_at_odd_offsets_beside_aligned_tensors_on_cuda():
         optimizer.step()
     for p, e in zip(params, expected):
         torch.testing.assert_close(p.detach().cpu().double(), e, rtol=2e-5, atol=2e-6)
+
+
+def test_whole_training_step_captured_as_torch_documents_it():
+    # torch's recipe: warm up on a side stream, set the gradients to None so that backward
+    # allocates them from the graph's pool, capture forward, backward and step, then replay.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.Tanh(),
+                                torch.nn.Linear(256, 8)).cuda()
+    copies = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    settings = dict(centered=True, momentum=0.9, bias_correction=True, eps_in_sqrt=True, eps=1e-2)
+    fused = RMSprop(model.parameters(), **settings)
+    foreach = RMSprop(copies, fused=False, **settings)
+    static_input = torch.randn(32, 64, device="cuda")
+
+    def loss_of(x):
+        return model(x).square().mean()
+
+    def eager_reference_step(x):
+        # the same loss on the copies, stepped by the foreach path
+        h = torch.tanh(x @ copies[0].T + copies[1])
+        out = h @ copies[2].T + copies[3]
+        foreach.zero_grad()
+        out.square().mean().backward()
+        foreach.step()
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fused.zero_grad(set_to_none=True)
+            loss_of(static_input).backward()
+            fused.step()
+            eager_reference_step(static_input)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    fused.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        loss_of(static_input).backward()
+        fused.step()
+    for _ in range(5):
+        static_input.copy_(torch.randn(32, 64, device="cuda"))
+        graph.replay()
+        eager_reference_step(static_input)
+    torch.cuda.synchronize()
+    for p, c in zip(model.parameters(), copies):
+        torch.testing.assert_close(p.detach(), c.detach(), rtol=1e-4, atol=1e-5)

@@ -286,23 +286,40 @@ def test_kernel_plan_follows_every_change_of_storage_and_state(monkeypatch):
 
 
 @needs_kernel
-def test_tables_that_must_change_during_cuda_graph_capture_are_refused_by_name(monkeypatch):
-    # Copying new addresses to the device cannot be captured in a CUDA graph; the step must say
-    # what moved and what to do instead of failing inside CUDA.
-    params = [p.requires_grad_() for p in initial_params([(10,), (3, 3)])]
-    optimizer = RMSprop(params, fused=True)
-    for p in params:
-        p.grad = torch.ones_like(p)
-    optimizer.step()
+def test_gradients_allocated_during_cuda_graph_capture_get_a_table_of_their_own(monkeypatch):
+    # torch's recipe for capturing a whole training step sets the gradients to None, so that
+    # backward allocates them from the graph's pool: the captured step must copy their addresses
+    # into a table of its own (from a host buffer that replays copy again), leaving the eager
+    # table alone, while tables that would need a full rebuild are refused by name.
+    from optimizers import triton_kernel
+
+    settings = dict(centered=True, momentum=0.9)
+    start = initial_params([(10,), (3, 3)])
+    params = [p.clone().requires_grad_() for p in start]
+    copies = [p.clone().requires_grad_() for p in start]
+    fused, foreach = RMSprop(params, fused=True, **settings), RMSprop(copies, **settings)
+    for step in range(3):
+        for optimizer, ps in ((fused, params), (foreach, copies)):
+            for index, p in enumerate(ps):
+                p.grad = gradient(p.shape, step, index, p.dtype)
+            optimizer.step()
+    (launch,) = fused._launch_plans[0].launches
+    eager_table, eager_addresses = launch.grad_table.clone(), launch.grad_addresses
+    kept = len(triton_kernel._CAPTURED_GRAD_ADDRESSES)
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    before = [p.detach().clone() for p in params]
-    optimizer.step()  # nothing moved: the captured step needs no copy
-    assert not torch.equal(params[0], before[0])
-    params[1].grad = torch.ones(3, 3)
-    with pytest.raises(RuntimeError, match="the gradients moved since the last step outside CUDA "
-                                           r"graph capture.*zero_grad\(set_to_none=False\)"):
+    for optimizer, ps in ((fused, params), (foreach, copies)):
+        for index, p in enumerate(ps):
+            p.grad = gradient(p.shape, 3, index, p.dtype).clone()  # new storage
         optimizer.step()
-    optimizer.state.clear()
-    with pytest.raises(RuntimeError, match="parameters or their state are new or moved"):
-        optimizer.step()
+    for p, c in zip(params, copies):
+        torch.testing.assert_close(p, c, rtol=1e-5, atol=1e-6)
+    assert torch.equal(launch.grad_table, eager_table) and launch.grad_addresses == eager_addresses
+    (source,) = triton_kernel._CAPTURED_GRAD_ADDRESSES[kept:]
+    assert source.tolist() == [p.grad.data_ptr() for p in params]
+
+    fused.state.clear()  # new state: its tables cannot be built during capture
+    with pytest.raises(RuntimeError, match="new or have moved since the last step outside CUDA "
+                                           "graph capture.*Run one step outside the capture"):
+        fused.step()
