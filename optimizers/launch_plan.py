@@ -2,11 +2,11 @@
 
 Preparing a launch walks every parameter in Python: gather gradients and state into (device,
 dtype) buckets, check that the kernel can take them, compare every address with the cached
-tables. For 200 LSTM-shaped tensors that took 390-530 us per step on our CPU
+tables. For 200 LSTM-shaped tensors that took 410-530 us per step on our CPU
 (``benchmarks/kernel_host_overhead.py``), more than the kernel's memory traffic would take on a
 current GPU. Once every param of a group that has a gradient has gone through the kernel, a
 ``LaunchPlan`` records what its launches were built from, and the next step only reads the
-gradients, compares addresses and launches (125 us there).
+gradients, compares addresses and launches (125-135 us there).
 
 A plan is reused while
 
