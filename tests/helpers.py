@@ -79,6 +79,15 @@ def optimizer_trajectory(make_optimizer, params, steps: int):
     return [p.detach() for p in params], optimizer
 
 
+def gradients_in_one_buffer(params, step: int, buffer: torch.Tensor, offset: int) -> None:
+    """Each param's gradient is the next view of ``buffer`` from ``offset`` on (as DDP's gradient
+    buckets are; an odd offset leaves them unaligned), holding ``gradient(shape, step, index)``."""
+    for index, p in enumerate(params):
+        p.grad = buffer[offset:offset + p.numel()].view(p.shape)
+        p.grad.copy_(gradient(p.shape, step, index, p.dtype))
+        offset += p.numel()
+
+
 def write_png_folder(root: Path, count: int, size: int) -> None:
     """An ImageFolder on disk: ``count`` random RGB PNGs of ``size`` pixels in classes a and b."""
     rng = np.random.default_rng(0)

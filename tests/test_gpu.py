@@ -6,7 +6,8 @@ import torch
 
 from optimizers import RMSprop
 
-from helpers import DEFAULT_TOLERANCE, TOLERANCES, VARIANTS, gradient, initial_params, reference_trajectory
+from helpers import (DEFAULT_TOLERANCE, TOLERANCES, VARIANTS, gradient, gradients_in_one_buffer,
+                     initial_params, reference_trajectory)
 
 pytestmark = pytest.mark.gpu
 SHAPES = [(1,), (1023,), (65537,), (64, 3, 3, 3), (4096, 1000)]
@@ -115,12 +116,8 @@ def test_views_at_odd_offsets_beside_aligned_tensors_on_cuda():
             p.copy_(s)
     optimizer = RMSprop(params, **VARIANTS["graves"])
     grad_buffer = torch.zeros(1 + sum(p.numel() for p in params), device="cuda")
-    for step in range(10):
-        offset = step % 2  # the gradients too, at odd offsets every other step
-        for index, p in enumerate(params):
-            p.grad = grad_buffer[offset:offset + p.numel()].view(p.shape)
-            p.grad.copy_(gradient(p.shape, step, index, p.dtype))
-            offset += p.numel()
+    for step in range(10):  # the gradients too, at odd offsets every other step
+        gradients_in_one_buffer(params, step, grad_buffer, offset=step % 2)
         optimizer.step()
     for p, e in zip(params, expected):
         torch.testing.assert_close(p.detach().cpu().double(), e, rtol=2e-5, atol=2e-6)

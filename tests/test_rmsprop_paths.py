@@ -8,8 +8,8 @@ import torch
 from optimizers import RMSprop
 from optimizers.rmsprop import kernel_can_run
 
-from helpers import (DEFAULT_TOLERANCE, TOLERANCES, VARIANTS, gradient, initial_params,
-                     optimizer_trajectory, reference_trajectory)
+from helpers import (DEFAULT_TOLERANCE, TOLERANCES, VARIANTS, gradient, gradients_in_one_buffer,
+                     initial_params, optimizer_trajectory, reference_trajectory)
 
 STEPS = 12
 SHAPES = [(1,), (37,), (5, 7), (2, 3, 4)]
@@ -185,11 +185,7 @@ def test_kernel_on_views_at_odd_offsets_beside_aligned_tensors():
     optimizer = RMSprop(params, fused=True, **VARIANTS["graves"])
     grad_buffer = torch.zeros(3 + sum(p.numel() for p in params))
     for step in range(STEPS):
-        offset = 3 if step % 2 else 0  # gradients at odd offsets every other step
-        for index, p in enumerate(params):
-            p.grad = grad_buffer[offset:offset + p.numel()].view(p.shape)
-            p.grad.copy_(gradient(p.shape, step, index, p.dtype))
-            offset += p.numel()
+        gradients_in_one_buffer(params, step, grad_buffer, offset=3 if step % 2 else 0)
         optimizer.step()
     for p, e in zip(params, expected):
         torch.testing.assert_close(p.detach().double(), e, rtol=2e-5, atol=2e-6)
