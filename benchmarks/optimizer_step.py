@@ -1,5 +1,6 @@
 """Time one optimizer step: torch.optim.RMSprop (for-loop, foreach, torch.compile'd),
-bitsandbytes' RMSprop when installed, and ours (default path, compiled path, Triton kernel).
+bitsandbytes' RMSprop when installed, and ours (default path, compiled path, Triton kernel); on
+CUDA also torch's capturable foreach step and ours, each captured in a CUDA graph and replayed.
 
     python benchmarks/optimizer_step.py            # full run on the current device
     python benchmarks/optimizer_step.py --quick    # a short run, small workloads
@@ -79,6 +80,10 @@ def contenders(device: torch.device, settings: dict) -> dict[str, Callable]:
     }
     if device.type == "cuda":
         found["ours (foreach)"] = ours(fused=False)
+        # A captured step costs the host one graph launch: the floor for many small tensors.
+        found["torch foreach, CUDA graph"] = lambda ps: graphed(
+            torch.optim.RMSprop(ps, foreach=True, capturable=True, **settings))
+        found["ours, CUDA graph"] = lambda ps: graphed(RMSprop(ps, **settings))
         if importlib.util.find_spec("bitsandbytes") is not None:
             import bitsandbytes
 
@@ -86,6 +91,20 @@ def contenders(device: torch.device, settings: dict) -> dict[str, Callable]:
     else:
         found["ours (compiled)"] = ours(compiled=True)
     return found
+
+
+def graphed(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """The optimizer's step captured in a CUDA graph (after one step outside it, as capture
+    needs); replaying it updates the same params from the same gradient storage."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        optimizer.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        optimizer.step()
+    return graph.replay
 
 
 def sync(device: torch.device) -> None:
