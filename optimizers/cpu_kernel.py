@@ -23,7 +23,6 @@ from types import ModuleType
 
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from .group import GroupTensors
 from .reference import Hyperparameters
@@ -73,11 +72,8 @@ def extension() -> ModuleType:
 def fused_cpu_update(tensors: GroupTensors, hp: Hyperparameters) -> bool:
     """Update one CPU bucket in place (same rule as ``reference.update``) and return True; or
     return False, touching nothing, for a bucket the loop does not take: params other than
-    float32/float64, non-contiguous tensors, state in another dtype than the params, or tensor
-    subclasses without their own storage (FSDP2's DTensor shards)."""
-    if is_traceable_wrapper_subclass(tensors.params[0]) or \
-            is_traceable_wrapper_subclass(tensors.grads[0]):
-        return False
+    float32/float64, non-contiguous tensors, or state in another dtype than the params. Tensor
+    subclasses must have been unwrapped (``group.local_tensors``)."""
     lr = hp.lr.item() if isinstance(hp.lr, Tensor) else hp.lr
     return extension().update(
         tensors.params, tensors.grads, tensors.square_avgs, tensors.grad_avgs,

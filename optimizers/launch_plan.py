@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch import Tensor
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+from .group import local_shards
 
 if TYPE_CHECKING:
     from .triton_kernel import KernelLaunch
@@ -41,7 +44,8 @@ def path_settings(group: dict[str, Any]) -> tuple:
 
 
 class Trained(NamedTuple):
-    """The params of a group that have a gradient, and the addresses of both."""
+    """The params of a group that have a gradient (as the group holds them, the keys of the
+    optimizer's state), and the addresses of their storage and of their gradients'."""
 
     params: list[Tensor]
     param_addresses: tuple[int, ...]
@@ -49,8 +53,9 @@ class Trained(NamedTuple):
 
 
 def trained(params: list[Tensor]) -> Trained | None:
-    """The params that have a gradient, with addresses; None when such a param or its gradient
-    is not contiguous (a sparse gradient included)."""
+    """The params that have a gradient, with the addresses of their storage and their
+    gradients'; None when there is none, or a param or gradient is not contiguous (a sparse
+    gradient included), or is a tensor subclass that ``group.local_shards`` does not unwrap."""
     grads = [p.grad for p in params]
     try:
         grad_addresses = tuple(map(Tensor.data_ptr, grads))
@@ -61,9 +66,18 @@ def trained(params: list[Tensor]) -> Trained | None:
             grad_addresses = tuple(map(Tensor.data_ptr, grads))
         except RuntimeError:
             return None
-    if not all(map(Tensor.is_contiguous, grads)) or not all(map(Tensor.is_contiguous, params)):
+    if not params:
         return None
-    return Trained(params, tuple(map(Tensor.data_ptr, params)), grad_addresses)
+    storage = params
+    if is_traceable_wrapper_subclass(params[0]) or is_traceable_wrapper_subclass(grads[0]):
+        local = local_shards(params, grads)  # DTensors: their local tensors have the storage
+        if local is None:
+            return None
+        storage, grads = local
+        grad_addresses = tuple(map(Tensor.data_ptr, grads))
+    if not all(map(Tensor.is_contiguous, grads)) or not all(map(Tensor.is_contiguous, storage)):
+        return None
+    return Trained(params, tuple(map(Tensor.data_ptr, storage)), grad_addresses)
 
 
 @dataclass(eq=False)

@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 from . import cpu_kernel, launch_plan
 from .for_loop import for_loop_update
 from .foreach import compiled_update, foreach_update
-from .group import GroupTensors, hyperparameters
+from .group import GroupTensors, hyperparameters, local_tensors
 from .reference import Hyperparameters
 
 if TYPE_CHECKING:
@@ -297,22 +297,25 @@ class RMSprop(Optimizer):
         """Update one bucket; returns the kernel launch that did it, or None on another path."""
         hp = self._hyperparameters(group)
         device = tensors.params[0].device
+        local = local_tensors(tensors)  # DTensors' own shards: what the fused paths address
         if self._uses_kernel(group, device):
             from . import triton_kernel  # imports Triton: only where the kernel runs
 
-            reason = triton_kernel.check_kernel_tensors(tensors)
+            reason = ("a tensor subclass, or a DTensor gradient or state laid out unlike its "
+                      "param" if local is None else triton_kernel.check_kernel_tensors(local))
             if reason is None:
                 caches = self.__dict__.setdefault("_kernel_launches", {})
                 launch = caches[(index, key)] = triton_kernel.cached_launch(
-                    tensors, caches.get((index, key)))
-                grad_table = launch.grad_table_for(tuple(map(Tensor.data_ptr, tensors.grads)))
+                    local, caches.get((index, key)))
+                grad_table = launch.grad_table_for(tuple(map(Tensor.data_ptr, local.grads)))
                 triton_kernel.kernel_update(launch, grad_table, hp)
                 return launch
             if group["fused"]:
                 raise RuntimeError(f"RMSprop: fused=True but the kernel cannot take {reason}")
         if group["compiled"]:
-            if device.type != "cpu" or not cpu_kernel.fused_cpu_update(tensors, hp):
-                compiled_update(tensors, hp)  # Inductor: other devices and dtypes
+            if (device.type != "cpu" or local is None
+                    or not cpu_kernel.fused_cpu_update(local, hp)):
+                compiled_update(tensors, hp)  # Inductor: other devices, dtypes and subclasses
         elif group["foreach"] is False or group["differentiable"]:
             for_loop_update(tensors, hp)
         else:
