@@ -27,6 +27,7 @@ tensors, which is how the tests check it without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -310,15 +311,19 @@ def kernel_update(launch: KernelLaunch, grad_table: Tensor, hp: Hyperparameters)
     lr_is_tensor = isinstance(lr, Tensor)
     weight_decay_mode = 0 if not hp.weight_decay else (2 if hp.decoupled_weight_decay else 1)
     n_blocks = launch.block_table.shape[0]
-    rmsprop_kernel[(n_blocks,)](
-        launch.tensor_table, grad_table, launch.block_table, launch.arrivals,
-        lr if lr_is_tensor else launch.tensor_table, 0.0 if lr_is_tensor else float(lr),
-        float(hp.alpha), math.log2(hp.alpha) if hp.alpha > 0 else -math.inf, float(hp.eps),
-        float(hp.weight_decay), float(hp.momentum),
-        PARAM_DTYPE=KERNEL_DTYPES[launch.param_dtype],
-        STATE_DTYPE=KERNEL_DTYPES[launch.state_dtype],
-        LR_IS_TENSOR=lr_is_tensor, CENTERED=hp.centered, HAS_MOMENTUM=hp.momentum > 0,
-        NESTEROV=hp.nesterov, LR_IN_MOMENTUM=hp.lr_in_momentum, EPS_IN_SQRT=hp.eps_in_sqrt,
-        WEIGHT_DECAY=weight_decay_mode, BIAS_CORRECTION=hp.bias_correction,
-        MAXIMIZE=hp.maximize, BLOCK=BLOCK_SIZE, num_warps=NUM_WARPS,
-    )
+    device = launch.tensor_table.device
+    # Triton launches on the current device (and its current stream): make that the tensors'
+    # device, as torch's own ops do, for a model spread over several GPUs.
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        rmsprop_kernel[(n_blocks,)](
+            launch.tensor_table, grad_table, launch.block_table, launch.arrivals,
+            lr if lr_is_tensor else launch.tensor_table, 0.0 if lr_is_tensor else float(lr),
+            float(hp.alpha), math.log2(hp.alpha) if hp.alpha > 0 else -math.inf,
+            float(hp.eps), float(hp.weight_decay), float(hp.momentum),
+            PARAM_DTYPE=KERNEL_DTYPES[launch.param_dtype],
+            STATE_DTYPE=KERNEL_DTYPES[launch.state_dtype],
+            LR_IS_TENSOR=lr_is_tensor, CENTERED=hp.centered, HAS_MOMENTUM=hp.momentum > 0,
+            NESTEROV=hp.nesterov, LR_IN_MOMENTUM=hp.lr_in_momentum, EPS_IN_SQRT=hp.eps_in_sqrt,
+            WEIGHT_DECAY=weight_decay_mode, BIAS_CORRECTION=hp.bias_correction,
+            MAXIMIZE=hp.maximize, BLOCK=BLOCK_SIZE, num_warps=NUM_WARPS,
+        )

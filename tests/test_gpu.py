@@ -167,3 +167,19 @@ def test_whole_training_step_captured_as_torch_documents_it():
     torch.cuda.synchronize()
     for p, c in zip(model.parameters(), copies):
         torch.testing.assert_close(p.detach(), c.detach(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_params_on_another_device_than_the_current_one():
+    # Triton launches on the current device: the step must switch to the params' own.
+    start = initial_params(SHAPES)
+    expected, _ = reference_trajectory(start, VARIANTS["centered_momentum"], 5)
+    params = [p.to("cuda:1").requires_grad_() for p in start]
+    optimizer = RMSprop(params, **VARIANTS["centered_momentum"])
+    with torch.cuda.device(0):
+        for step in range(5):
+            for index, p in enumerate(params):
+                p.grad = gradient(p.shape, step, index, p.dtype).to("cuda:1")
+            optimizer.step()
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach().cpu().double(), e, rtol=2e-5, atol=2e-6)
