@@ -225,7 +225,8 @@ class KernelLaunch:
         During CUDA graph capture (where ``zero_grad()`` lets backward allocate the gradients
         from the graph's pool) the copy goes to a new table instead, from a host buffer that
         is kept for every replay to copy again: the graph keeps the addresses it was captured
-        with, and ``grad_table`` stays the eager steps' own.
+        with, and ``grad_table`` stays the eager steps' own. (A graph captured without that copy
+        reads ``grad_table``: eager steps on gradients elsewhere in between would move it.)
         """
         if grad_addresses == self.grad_addresses:
             return self.grad_table
