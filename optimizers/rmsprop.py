@@ -297,10 +297,10 @@ class RMSprop(Optimizer):
         """Update one bucket; returns the kernel launch that did it, or None on another path."""
         hp = self._hyperparameters(group)
         device = tensors.params[0].device
-        local = local_tensors(tensors)  # DTensors' own shards: what the fused paths address
         if self._uses_kernel(group, device):
             from . import triton_kernel  # imports Triton: only where the kernel runs
 
+            local = local_tensors(tensors)  # a DTensor's own shard: what the kernel addresses
             reason = ("a tensor subclass, or a DTensor gradient or state laid out unlike its "
                       "param" if local is None else triton_kernel.check_kernel_tensors(local))
             if reason is None:
@@ -313,6 +313,7 @@ class RMSprop(Optimizer):
             if group["fused"]:
                 raise RuntimeError(f"RMSprop: fused=True but the kernel cannot take {reason}")
         if group["compiled"]:
+            local = local_tensors(tensors)
             if (device.type != "cpu" or local is None
                     or not cpu_kernel.fused_cpu_update(local, hp)):
                 compiled_update(tensors, hp)  # Inductor: other devices, dtypes and subclasses
