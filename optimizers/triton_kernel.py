@@ -10,9 +10,10 @@ The launch is driven by tables that live on the device:
   block starts.
 
 They are cached on the optimizer. Gradients in new storage cost one small host-to-device copy
-of ``grad_table`` (a copy of its own under CUDA graph capture); the other tables are rebuilt only when a param's or a state tensor's storage
-changes. There is no synchronisation, and with stable storage (the case under CUDA graph capture)
-no copy at all; ``launch_plan.py`` then skips the Python walk over the params as well.
+of ``grad_table`` (into a table of its own under CUDA graph capture); the other tables are
+rebuilt only when a param's or a state tensor's storage changes. There is no synchronisation,
+and with stable storage no copy at all; ``launch_plan.py`` then skips the Python walk over the
+params as well.
 
 The step counters advance inside the same launch, so a step is exactly one kernel launch. With
 bias correction every program reads its tensor's step and the last one to finish advances it;
