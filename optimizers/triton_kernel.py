@@ -316,7 +316,8 @@ def kernel_update(launch: KernelLaunch, grad_table: Tensor, hp: Hyperparameters)
     device = launch.tensor_table.device
     # Triton launches on the current device (and its current stream): make that the tensors'
     # device, as torch's own ops do, for a model spread over several GPUs.
-    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+    elsewhere = device.type == "cuda" and device.index != torch.cuda.current_device()
+    with torch.cuda.device(device) if elsewhere else contextlib.nullcontext():
         rmsprop_kernel[(n_blocks,)](
             launch.tensor_table, grad_table, launch.block_table, launch.arrivals,
             lr if lr_is_tensor else launch.tensor_table, 0.0 if lr_is_tensor else float(lr),
