@@ -57,27 +57,33 @@ def trained(params: list[Tensor]) -> Trained | None:
     gradients'; None when there is none, or a param or gradient is not contiguous (a sparse
     gradient included), or is a tensor subclass that ``group.local_shards`` does not unwrap."""
     grads = [p.grad for p in params]
-    try:
-        grad_addresses = tuple(map(Tensor.data_ptr, grads))
-    except (TypeError, RuntimeError):  # a param without a gradient (or a sparse one)
-        params = [p for p, g in zip(params, grads) if g is not None]
-        grads = [g for g in grads if g is not None]
-        try:
-            grad_addresses = tuple(map(Tensor.data_ptr, grads))
-        except RuntimeError:
+    if params and is_traceable_wrapper_subclass(params[0]):
+        # DTensors: their local tensors have the storage (and plain methods, where a
+        # wrapper's go through __torch_function__)
+        with_grad = [(p, g) for p, g in zip(params, grads) if g is not None]
+        if not with_grad:
             return None
-    if not params:
-        return None
-    storage = params
-    if is_traceable_wrapper_subclass(params[0]) or is_traceable_wrapper_subclass(grads[0]):
-        local = local_shards(params, grads)  # DTensors: their local tensors have the storage
+        params, grads = map(list, zip(*with_grad))
+        local = local_shards(params, grads)
         if local is None:
             return None
         storage, grads = local
-        grad_addresses = tuple(map(Tensor.data_ptr, grads))
+        grad_addresses = None
+    else:
+        try:
+            grad_addresses = tuple(map(Tensor.data_ptr, grads))
+        except (TypeError, RuntimeError):  # a param without a gradient (or a sparse one)
+            params = [p for p, g in zip(params, grads) if g is not None]
+            grads = [g for g in grads if g is not None]
+            grad_addresses = None
+        storage = params
+    if not params:
+        return None
+    # (a sparse gradient is not contiguous, so this also keeps it from data_ptr())
     if not all(map(Tensor.is_contiguous, grads)) or not all(map(Tensor.is_contiguous, storage)):
         return None
-    return Trained(params, tuple(map(Tensor.data_ptr, storage)), grad_addresses)
+    return Trained(params, tuple(map(Tensor.data_ptr, storage)),
+                   grad_addresses or tuple(map(Tensor.data_ptr, grads)))
 
 
 @dataclass(eq=False)
