@@ -39,6 +39,7 @@ from scipy.stats import spearmanr  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datamodules.images import ImageDataModule  # noqa: E402
 from optimizers import presets  # noqa: E402
+from reproductions.frechet import feature_extractor  # noqa: E402
 from reproductions.wgan import WGAN  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -59,8 +60,7 @@ def train(critic_optimizer, args: argparse.Namespace, log_dir: Path) -> tuple[di
                  max_generator_iterations=args.generator_iterations, sample_every=0,
                  frechet_every=args.frechet_every, frechet_samples=args.frechet_samples)
     data = ImageDataModule("mnist5k", root=args.data_root, image_size=32, batch_size=64)
-    data.setup()
-    data.frechet_feature_extractor()  # trained once and cached: keep it out of the timing
+    feature_extractor(data)  # trained once and cached: keep it out of the timing
     logger = CSVLogger(log_dir, name="", version="")
     trainer = pl.Trainer(accelerator="cpu", max_epochs=-1, logger=logger,
                          enable_checkpointing=False, enable_progress_bar=False,

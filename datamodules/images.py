@@ -29,7 +29,6 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import datasets, transforms
 
@@ -149,15 +148,12 @@ class ImageDataModule(pl.LightningDataModule):
                           drop_last=True, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
-    def frechet_feature_extractor(self) -> nn.Module:
-        """A small classifier trained on this dataset, cached beside it (see
-        ``datamodules.frechet_features``): Frechet-distance features without any download."""
-        from .frechet_features import load_or_train
-
-        self.setup()
+    @property
+    def frechet_feature_cache(self) -> Path:
+        """Where the Frechet feature extractor trained on this dataset is cached, beside the data
+        (``reproductions.frechet``)."""
         tag = self.lsun_classes if self.dataset_name == "lsun" else self.dataset_name
-        cache = self.root / f"frechet_features_{tag}_{self.image_size}px.pt"
-        return load_or_train(self.train_set, self.channels, cache)
+        return self.root / f"frechet_features_{tag}_{self.image_size}px.pt"
 
     # ----------------------------------------------------------------------------------------
     def _build(self) -> Dataset:

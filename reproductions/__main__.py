@@ -1,5 +1,5 @@
 """``python -m reproductions fit -c CONFIG``: the same as ``repro``."""
 
-from .cli import console_main
+from .runner.cli import console_main
 
 console_main()

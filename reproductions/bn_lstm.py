@@ -39,6 +39,13 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from optimizers import presets
+from reproductions.experiment import Dashboard, Panel
+
+DASHBOARD = Dashboard(
+    caption="Cooijmans et al. 2016 Fig. 1/2: LSTM vs BN-LSTM on sequential MNIST",
+    panels=(Panel("validation accuracy (Fig. 1/2)", ("val/acc",)),
+            Panel("loss", ("train/loss", "val/loss"))),
+)
 
 State = tuple[Tensor, Tensor]  # (h, c), each (batch, hidden)
 

@@ -52,7 +52,13 @@ from torchmetrics.aggregation import MeanMetric
 
 from datamodules.text import Vocabulary
 from optimizers import presets
+from reproductions.experiment import Dashboard, Panel, run_directory
 from reproductions.skip_lstm import LSTMState, SkipLSTM, detach_state
+
+DASHBOARD = Dashboard(
+    caption="Graves 2013 Sec. 3: bits per character, training and validation",
+    panels=(Panel("bits per character", ("train/bpc", "val/bpc")),),
+)
 
 LN2 = math.log(2.0)
 
@@ -361,7 +367,7 @@ class CharRNN(pl.LightningModule):
         text = self.sample(hp.sample_length, hp.sample_temperature, hp.sample_prime)
         step = self.global_step
         self._sample_rows.append([step, hp.sample_temperature, text])
-        run_dir = self._run_dir()
+        run_dir = run_directory(self.trainer)
         run_dir.mkdir(parents=True, exist_ok=True)
         with (run_dir / "samples.txt").open("a", encoding="utf-8") as f:
             f.write(f"===== step {step}, temperature {hp.sample_temperature} =====\n{text}\n")
@@ -369,13 +375,6 @@ class CharRNN(pl.LightningModule):
             if isinstance(logger, WandbLogger):  # the whole table each time: W&B tables are
                 logger.log_table("samples", columns=["step", "temperature", "text"],  # immutable
                                  data=self._sample_rows, step=step)
-
-    def _run_dir(self) -> Path:
-        """This run's folder: W&B's run files folder (synced), else the trainer's log dir."""
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger):
-                return Path(logger.experiment.dir)
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,23 +44,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import matplotlib
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from pytorch_lightning.cli import OptimizerCallable
+from torch import Tensor, nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from pytorch_lightning.cli import OptimizerCallable  # noqa: E402
-from pytorch_lightning.loggers import WandbLogger  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from datamodules.handwriting import ALPHABET, denormalise, encode_text  # noqa: E402
-from optimizers.presets import Graves  # noqa: E402
-from reproductions.skip_lstm import SkipLSTM  # noqa: E402
+from datamodules.handwriting import ALPHABET, denormalise, encode_text
+from optimizers.presets import Graves
+from reproductions.experiment import Dashboard, Panel
+from reproductions.handwriting_pictures import PicturesMixin, figure_of_lines, figure_of_window
+from reproductions.skip_lstm import SkipLSTM
 
 RHO_LIMIT = 1.0 - 1e-6
+DASHBOARD = Dashboard(
+    caption="Graves 2013 Sec. 4-5: handwriting negative log-likelihood in nats",
+    panels=(Panel("negative log-likelihood (nats)", ("train/nll_nats", "val/nll_nats")),),
+)
 
 # ----------------------------------------------------------------------------- mixture density
 
@@ -133,75 +135,6 @@ def clip_gradient(tensor: Tensor, bound: float) -> Tensor:
     if tensor.requires_grad:
         tensor.register_hook(lambda grad: grad.clamp(-bound, bound))
     return tensor
-
-
-# ----------------------------------------------------------------------------- pictures
-
-
-def strokes_from_offsets(offsets: np.ndarray) -> list[np.ndarray]:
-    """(T, 3) raw offsets -> pen-down strokes as (n, 2) arrays of absolute positions."""
-    points = np.cumsum(offsets[:, :2], axis=0)
-    ends = np.flatnonzero(offsets[:, 2] > 0.5) + 1
-    return [s for s in np.split(points, ends) if len(s)]
-
-
-def draw_strokes(ax: plt.Axes, offsets: np.ndarray, title: str = "") -> None:
-    for stroke in strokes_from_offsets(offsets):
-        ax.plot(stroke[:, 0], stroke[:, 1], "k-", linewidth=1.2, solid_capstyle="round")
-    ax.set_aspect("equal")
-    ax.invert_yaxis()  # IAM-OnDB's y grows downwards
-    ax.axis("off")
-    if title:
-        ax.set_title(title, fontsize=9, loc="left")
-
-
-def figure_of_lines(lines: list[tuple[np.ndarray, str]]) -> plt.Figure:
-    fig, axes = plt.subplots(len(lines), 1, figsize=(8, 1.6 * len(lines)), squeeze=False)
-    for ax, (offsets, title) in zip(axes[:, 0], lines):
-        draw_strokes(ax, offsets, title)
-    fig.tight_layout()
-    return fig
-
-
-def figure_of_window(offsets: np.ndarray, phi: np.ndarray, text: str) -> plt.Figure:
-    """The line and its window weights phi(t, u) over time (Graves 2013 Fig. 13's lower panel)."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5), height_ratios=[1, 2])
-    draw_strokes(top, offsets, f"teacher-forced: {text!r}")
-    bottom.imshow(phi.T, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
-    bottom.set_yticks(range(len(text)), list(text), fontsize=7)
-    bottom.set_xlabel("time step t")
-    bottom.set_ylabel("character u")
-    bottom.set_title("window weights phi(t, u)", fontsize=9, loc="left")
-    fig.tight_layout()
-    return fig
-
-
-class PicturesMixin:
-    """Save a figure as a PNG in the run directory and, under W&B, log it as an image."""
-
-    def run_dir(self) -> Path:
-        logger = self.logger
-        if isinstance(logger, WandbLogger):
-            return Path(logger.experiment.dir)
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
-
-    def publish(self, name: str, fig: plt.Figure) -> Path:
-        path = self.run_dir() / "pictures" / f"{name}_step{self.global_step:06d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        if isinstance(self.logger, WandbLogger):
-            self.logger.log_image(key=f"pictures/{name}", images=[str(path)], step=self.global_step)
-        return path
-
-    def should_draw(self) -> bool:
-        every = self.hparams.picture_every_n_epochs
-        max_epochs = self.trainer.max_epochs
-        last = max_epochs is not None and self.current_epoch + 1 >= max_epochs
-        # Rank 0 draws for everyone: under DDP the replicas hold the same weights, and the other
-        # ranks have no W&B run directory to write into.
-        return (not self.trainer.sanity_checking and self.trainer.is_global_zero and every > 0
-                and ((self.current_epoch + 1) % every == 0 or last))
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -440,7 +373,7 @@ class HandwritingSynthesis(HandwritingBase):
         self.publish("synthesis", figure_of_lines(lines))
         self.publish("window", self.window_figure())
 
-    def window_figure(self) -> plt.Figure:
+    def window_figure(self) -> Figure:
         """phi(t, u) on the first validation line, with the true strokes fed in."""
         from datamodules.handwriting import collate_handwriting, decode_text
 
@@ -486,7 +419,6 @@ def write_command(argv: list[str] | None = None) -> Path:
     fig = figure_of_lines([(model.denormalise(offsets), "")])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out)
-    plt.close(fig)
     print(f"wrote {args.text!r} ({len(offsets)} pen points, bias {args.bias}) to {args.out}")
     return args.out
 

@@ -22,7 +22,6 @@ BatchNorm; and 4 x 512 ReLU MLPs. Launch with ``repro fit -c configs/wgan/smoke.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,13 +33,31 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
-from torchmetrics.image.fid import FrechetInceptionDistance
 from torchvision.utils import make_grid, save_image
 
+from datamodules.images import ImageDataModule
 from optimizers import presets
+from reproductions.experiment import Dashboard, Panel, run_directory
+from reproductions.frechet import FrechetScore
 
 NetworkName = Literal["dcgan", "dcgan_no_bn", "mlp"]
+GENERATOR_ITERATIONS = "train/generator_iterations"
+DASHBOARD = Dashboard(
+    caption=("Arjovsky et al. 2017 (WGAN): Fig. 3, the critic's W estimate falls as samples "
+             "improve; Sec. 4.2, the critic optimizer's step against its gradient"),
+    panels=(
+        Panel("W estimate vs generator iterations (Fig. 3)", ("train/wasserstein_estimate",),
+              GENERATOR_ITERATIONS),
+        Panel("Frechet distance vs generator iterations", ("train/frechet_distance",),
+              GENERATOR_ITERATIONS),
+        Panel("critic and generator losses", ("train/critic_loss", "train/generator_loss"),
+              GENERATOR_ITERATIONS),
+        Panel("cos(critic step, gradient) (Sec. 4.2)", ("train/critic_step_grad_cosine",),
+              GENERATOR_ITERATIONS),
+    ),
+    x=GENERATOR_ITERATIONS,
+    optimizer_arguments=("critic_optimizer", "generator_optimizer"),
+)
 
 
 # ------------------------------------------------------------------------------- networks
@@ -173,33 +190,6 @@ def step_gradient_cosine(before: list[Tensor], after: list[Tensor], grads: list[
     step = torch.cat([(a - b).flatten() for a, b in zip(after, before)])
     descent = torch.cat([-g.flatten() for g in grads])
     return float(F.cosine_similarity(step, descent, dim=0))
-
-
-class FrechetScore:
-    """torchmetrics' Frechet distance against a fixed set of real images, whose statistics are
-    computed once. A plain object, not an nn.Module, so that its feature network stays out of the
-    GAN's parameters, train/eval switching and checkpoints."""
-
-    def __init__(self, metric: FrechetInceptionDistance, real: Dataset, rgb01: bool) -> None:
-        self.metric, self.rgb01 = metric, rgb01
-        for images, _ in DataLoader(real, batch_size=256):
-            metric.update(self.features_input(images.to(metric.device)), real=True)
-
-    def features_input(self, images: Tensor) -> Tensor:
-        """The classifier reads [-1, 1] images as trained; Inception (normalize=True) reads [0, 1]
-        RGB."""
-        if not self.rgb01:
-            return images
-        images = (images.clamp(-1, 1) + 1) / 2
-        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-
-    @torch.no_grad()
-    def __call__(self, generator: nn.Module, noise: Callable[[int], Tensor], samples: int) -> float:
-        self.metric.reset()  # reset_real_features=False: clears the generated statistics only
-        for start in range(0, samples, 256):
-            fake = generator(noise(min(256, samples - start)))
-            self.metric.update(self.features_input(fake), real=False)
-        return float(self.metric.compute())
 
 
 # ----------------------------------------------------------------------------- the module
@@ -430,20 +420,13 @@ class WGAN(pl.LightningModule):
             self.trainer.should_stop = True
 
     # ------------------------------------------------------------------------- samples
-    def run_directory(self) -> Path:
-        """The W&B run's files directory when logging to W&B, else the Trainer's log dir."""
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger):
-                return Path(logger.experiment.dir)
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
-
     @torch.no_grad()
     def log_samples(self) -> Path:
         """A grid of G(fixed noise), as a PNG in the run directory and a W&B image."""
         grid = make_grid(self.generator(self.fixed_noise), nrow=8, normalize=True,
                          value_range=(-1, 1))
         name = f"generator_iteration_{self.generator_iterations:06d}.png"
-        path = self.run_directory() / "samples" / name
+        path = run_directory(self.trainer) / "samples" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, path)
         for logger in self.loggers:
@@ -455,19 +438,11 @@ class WGAN(pl.LightningModule):
     def _build_frechet(self) -> FrechetScore:
         h = self.hparams
         data = self.trainer.datamodule
-        if not hasattr(data, "train_set"):
-            raise ValueError("WGAN: Frechet distances need a datamodule with a train_set "
-                             "(datamodules.images.ImageDataModule); or set --model.frechet_every 0")
-        if h.frechet_features == "inception":
-            metric = FrechetInceptionDistance(feature=2048, normalize=True,
-                                              reset_real_features=False,
-                                              feature_extractor_weights_path=h.inception_weights)
-        else:
-            metric = FrechetInceptionDistance(feature=data.frechet_feature_extractor(),
-                                              reset_real_features=False)
-        chosen = torch.randperm(len(data.train_set), generator=torch.Generator().manual_seed(0))
-        real = Subset(data.train_set, chosen[:h.frechet_samples].tolist())
-        return FrechetScore(metric.to(self.device), real, rgb01=h.frechet_features == "inception")
+        if not isinstance(data, ImageDataModule):
+            raise ValueError("WGAN: Frechet distances need datamodules.images.ImageDataModule "
+                             "(its train_set and feature cache); or set --model.frechet_every 0")
+        return FrechetScore.of_dataset(data, h.frechet_features, h.frechet_samples,
+                                       h.inception_weights, self.device)
 
     @torch.no_grad()
     def frechet_distance(self) -> float:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from optimizers import presets
-from reproductions import cli
+from reproductions.runner import cli
 from reproductions.bn_lstm import BNLSTM, SequentialClassifier
 
 ROOT = Path(__file__).resolve().parents[1]

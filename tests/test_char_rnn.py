@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from reproductions.wandb_records import read_run
+from reproductions.runner.wandb_records import read_run
 from datamodules.text import (UNK, CorpusError, StreamWindows, TextDataModule, Vocabulary)
 from reproductions.char_rnn import CharRNN, main as char_rnn_main, nats_to_bits
 
@@ -319,7 +319,7 @@ def test_dynamic_evaluation_matches_manual_sgd(tmp_path):
 # Configs against papers.md
 # ------------------------------------------------------------------------------------------
 def parse_config(name: str, monkeypatch, tmp_path):
-    from reproductions.cli import main
+    from reproductions.runner.cli import main
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     return main(args=["-c", str(CONFIGS / name), "--trainer.default_root_dir", str(tmp_path)],
@@ -364,7 +364,7 @@ def offline_history(run_file: Path) -> list[dict]:
 
 def test_repro_fit_logs_bpc_and_samples_then_samples_from_checkpoint(monkeypatch, tmp_path,
                                                                      capsys):
-    from reproductions.cli import main
+    from reproductions.runner.cli import main
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(tmp_path)
@@ -463,7 +463,7 @@ class KillAtStep(pl.Callback):
 def test_resume_in_the_middle_of_a_stream_carries_the_hidden_state(tmp_path):
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from reproductions.fault_tolerance import StepSeeding
+    from reproductions.runner.fault_tolerance import StepSeeding
 
     text = "".join("abcdefgh"[(i * i + i // 3) % 8] for i in range(1200))
     corpus = write_text(tmp_path, text)

@@ -33,8 +33,8 @@ from pytorch_lightning import Callback, LightningDataModule, LightningModule, Tr
 from torch.utils.data import DistributedSampler, default_collate
 
 from datamodules.text import StreamWindows
-from reproductions.cli import main
-from reproductions.wandb_records import read_run
+from reproductions.runner.cli import main
+from reproductions.runner.wandb_records import read_run
 from reproductions.wgan import WGAN
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.resumable_sampler import resumable_train_sampler
 from optimizers import presets
-from reproductions.fault_tolerance import (AtomicCheckpointIO, NonFiniteTrainingError,
+from reproductions.runner.fault_tolerance import (AtomicCheckpointIO, NonFiniteTrainingError,
                                            SkipNonFiniteSteps, StepSeeding)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -302,7 +302,7 @@ def paper_value(pattern: str) -> str:
 @pytest.mark.skipif(not PAPERS.is_file(), reason="../shared/papers.md not present")
 @pytest.mark.parametrize("name", ["prediction_iam", "synthesis_iam"])
 def test_paper_configs_match_papers_md(name, tmp_path, monkeypatch):
-    from reproductions.cli import main
+    from reproductions.runner.cli import main
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(tmp_path)
@@ -331,7 +331,7 @@ def test_paper_configs_match_papers_md(name, tmp_path, monkeypatch):
 
 def tiny_fit(tmp_path: Path, config: str, *extra: str) -> Path:
     """``repro fit`` of 2 steps on 24 Hershey lines; returns the offline W&B run folder."""
-    from reproductions.cli import main
+    from reproductions.runner.cli import main
 
     cli = main(args=["fit", "-c", str(REPO / f"configs/handwriting/{config}.yaml"),
                      "--data.init_args.root", str(tmp_path / "hershey"),
@@ -388,7 +388,7 @@ def test_tiny_synthesis_fit_logs_nats_pictures_and_writes(tmp_path, monkeypatch)
 
 
 def smoke_fit(tmp_path: Path, config: str, epochs: int):
-    from reproductions.cli import main
+    from reproductions.runner.cli import main
 
     cli = main(args=["fit", "-c", str(REPO / f"configs/handwriting/{config}.yaml"),
                      "--data.init_args.root", str(tmp_path / "hershey"),

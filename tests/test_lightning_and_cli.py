@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from optimizers import presets
-from reproductions import cli
+from reproductions.runner import cli, tracking
 
 
 class Regression(pl.LightningModule):
@@ -85,7 +85,7 @@ def test_wandb_runs_offline_unless_logged_in(monkeypatch, tmp_path, env, offline
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert cli.wandb_offline() is offline
+    assert tracking.wandb_offline() is offline
 
 
 def test_netrc_login_counts_as_logged_in(monkeypatch, tmp_path):
@@ -96,7 +96,7 @@ def test_netrc_login_counts_as_logged_in(monkeypatch, tmp_path):
     netrc.chmod(0o600)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("NETRC", str(netrc))
-    assert cli.wandb_offline() is False
+    assert tracking.wandb_offline() is False
 
 
 def test_module_entry_point_shows_the_subcommands():
@@ -114,7 +114,7 @@ def test_console_script_exits_with_zero_after_a_run(monkeypatch):
 
     scripts = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     module, function = scripts["project"]["scripts"]["repro"].split(":")
-    assert (module, function) == ("reproductions.cli", "console_main")
+    assert (module, function) == ("reproductions.runner.cli", "console_main")
     monkeypatch.setattr(cli, "main", lambda: object())
     assert cli.console_main() is None
 
@@ -143,7 +143,7 @@ def test_offline_hint_only_before_a_run_and_naming_its_folder(monkeypatch, tmp_p
 def test_repro_fit_writes_checkpoints_atomically_without_a_config_warning(monkeypatch):
     import warnings
 
-    from reproductions.fault_tolerance import AtomicCheckpointIO
+    from reproductions.runner.fault_tolerance import AtomicCheckpointIO
 
     monkeypatch.setattr(sys, "argv", ["repro"])
     with warnings.catch_warnings(record=True) as caught:

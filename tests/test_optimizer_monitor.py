@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from optimizers import RMSprop, presets
-from reproductions.cli import main
-from reproductions.optimizer_monitor import RMSpropMonitor
-from reproductions.wandb_records import read_run
+from reproductions.runner.cli import main
+from reproductions.runner.optimizer_monitor import RMSpropMonitor
+from reproductions.runner.wandb_records import read_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--data.init_args.hershey_lines", "24", "--data.init_args.hershey_val_lines", "4",

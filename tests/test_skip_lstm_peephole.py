@@ -169,7 +169,7 @@ def test_bad_peephole_values_are_refused():
 def test_repro_fit_with_peepholes_trains_and_checkpoints(monkeypatch, tmp_path):
     """`repro fit --model.peephole true` builds the peephole cell in every layer, trains with a
     finite loss, and the checkpoint rebuilds the same cell with the trained weights."""
-    from reproductions.cli import main
+    from reproductions.runner.cli import main
 
     monkeypatch.chdir(tmp_path)
     cli = main(args=["fit", "-c", str(SMOKE), "--model.peephole", "true",

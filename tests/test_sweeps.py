@@ -20,8 +20,8 @@ import torch
 import yaml
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-from reproductions.cli import main
-from reproductions.tracking import import_class
+from reproductions.runner.cli import main
+from reproductions.runner.tracking import import_class
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))

@@ -13,10 +13,10 @@ import wandb
 from torch import nn
 
 from helpers import write_png_folder
-from reproductions.wandb_records import read_run
+from reproductions.runner.wandb_records import read_run
 from datamodules.images import DatasetError
 from optimizers import RMSprop
-from reproductions.cli import main
+from reproductions.runner.cli import main
 from reproductions.wgan import (WGAN, DCGANCritic, DCGANGenerator, MLPCritic, MLPGenerator,
                                 clip_weights, critic_iterations, gradient_penalty,
                                 step_gradient_cosine)

@@ -17,9 +17,9 @@ from scipy import linalg
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from datamodules.frechet_features import load_or_train
 from datamodules.images import DatasetError, ImageDataModule
-from reproductions.wgan import FrechetScore
+from reproductions.frechet import (FrechetScore, feature_extractor, load_or_train,
+                                   train_feature_classifier)
 
 
 # ------------------------------------------------------------------ writers of real formats
@@ -188,14 +188,14 @@ def test_feature_classifier_is_trained_once_and_cached(tmp_path):
     write_stripes_folder(tmp_path)
     data = ImageDataModule("folder", root=str(tmp_path), image_size=32, batch_size=4)
     torch.manual_seed(0)
-    first = data.frechet_feature_extractor()
+    first = feature_extractor(data)
     after_training = torch.rand(3)
     cache = tmp_path / "frechet_features_folder_32px.pt"
     assert cache.is_file() and first.num_features == 64
     images = torch.stack([data.train_set[i][0] for i in range(4)])
     torch.manual_seed(0)
-    second = ImageDataModule("folder", root=str(tmp_path), image_size=32,
-                             batch_size=4).frechet_feature_extractor()
+    second = feature_extractor(ImageDataModule("folder", root=str(tmp_path), image_size=32,
+                                               batch_size=4))
     torch.testing.assert_close(first(images), second(images))  # loaded, not retrained
     # Training draws from its own seeded stream: the caller's is the same either way.
     torch.testing.assert_close(torch.rand(3), after_training)
@@ -209,8 +209,6 @@ def test_corrupt_feature_cache_names_the_file(tmp_path):
 
 
 def test_single_class_data_trains_on_rotations():
-    from datamodules.frechet_features import train_feature_classifier
-
     images = torch.rand(16, 1, 16, 16) * 2 - 1
     dataset = torch.utils.data.TensorDataset(images, torch.zeros(16, dtype=torch.long))
     network, summary = train_feature_classifier(dataset, 1, epochs=1)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from helpers import write_png_folder
-from reproductions import workflow
-from reproductions.cli import main
-from reproductions.wandb_records import WandbRun, read_run
+from reproductions.runner import dashboard
+from reproductions.runner.cli import main
+from reproductions.runner.wandb_records import WandbRun, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 BN_LSTM_TINY = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
@@ -92,7 +92,7 @@ def test_bench_tabulates_mean_and_sample_std_of_the_seeds_runs(tmp_path, monkeyp
     # the dashboard's bn_lstm panels plot exactly names these runs logged
     logged = set().union(*runs)
     run = read_run(next((tmp_path / "bench/bn_lstm-smoke-seed0/wandb").glob("offline-run-*")))
-    workspace = workflow.build_workspace(run.group, set(run.tags), "entity", "rmsprop-repro")
+    workspace = dashboard.build_workspace(run.group, set(run.tags), "entity", "rmsprop-repro")
     assert run.group == "bn_lstm" and panel_metrics(workspace) <= logged
 
 
@@ -155,15 +155,15 @@ def test_dashboard_panels_plot_what_the_reproduction_logs(reproduction, tmp_path
                      "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
     cli.trainer.logger.experiment.finish()
     (run_dir,) = (tmp_path / "runs/wandb").glob("offline-run-*")
-    headline = workflow.PAPER_FIGURES[reproduction][1][-1].y[-1]
+    headline = dashboard.dashboard_of(reproduction).panels[-1].y[-1]
     run = finished_run(run_dir, headline)
     logged = set().union(*run.history)
     assert run.group == reproduction
 
-    workspace = workflow.build_workspace(run.group, set(run.tags), "entity", "rmsprop-repro")
+    workspace = dashboard.build_workspace(run.group, set(run.tags), "entity", "rmsprop-repro")
     plotted = panel_metrics(workspace)
     assert plotted <= logged, plotted - logged
-    figures = {name for panel in workflow.PAPER_FIGURES[reproduction][1] for name in panel.y}
+    figures = {name for panel in dashboard.dashboard_of(reproduction).panels for name in panel.y}
     assert figures <= plotted
     centered = any(tag.endswith("centered") for tag in run.tags)
     assert centered == (reproduction != "wgan")  # Graves presets are centered, Wgan's is not
@@ -176,7 +176,7 @@ def test_dashboard_panels_plot_what_the_reproduction_logs(reproduction, tmp_path
                      rf"'value': '{reproduction}'", filters)
     assert "'grouping': [{'section': 'run', 'name': 'tags'}]" in filters
 
-    report = workflow.build_report(run.group, set(run.tags), "entity", "rmsprop-repro")
+    report = dashboard.build_report(run.group, set(run.tags), "entity", "rmsprop-repro")
     grids = [block for block in report.blocks if hasattr(block, "panels")]
     assert {name for grid in grids for panel in grid.panels for name in [panel.x, *panel.y]} \
         == plotted
@@ -186,7 +186,7 @@ def test_dashboard_panels_plot_what_the_reproduction_logs(reproduction, tmp_path
 
 def test_dashboard_offline_prints_the_way_forward_and_exits_0(monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    assert workflow.main(["dashboard"]) == 0
+    assert dashboard.dashboard(None, "rmsprop-repro") == 0
     out = capsys.readouterr().out
     assert "W&B is offline" in out and "wandb sync" in out and "repro compare" in out
 
@@ -196,5 +196,5 @@ def test_dashboard_without_wandb_workspaces_says_how_to_install(monkeypatch, cap
 
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setitem(sys.modules, "wandb_workspaces", None)  # import fails as if absent
-    assert workflow.main(["dashboard"]) == 0
+    assert dashboard.dashboard(None, "rmsprop-repro") == 0
     assert "pip install rmsprop-repro[dashboard]" in capsys.readouterr().out

@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from optimizers import presets
-from reproductions import tracking
-from reproductions.cli import main
-from reproductions.wandb_records import read_run
-from reproductions.workflow import compare
+from reproductions.runner import tracking
+from reproductions.runner.cli import main
+from reproductions.runner.wandb_records import read_run
+from reproductions.runner.compare import compare
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--data.init_args.hershey_lines", "24", "--data.init_args.hershey_val_lines", "4",

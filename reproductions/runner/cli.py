@@ -23,13 +23,12 @@ steps (the latest of each kept), and ``last.ckpt``, a copy of whichever is newes
 
 from __future__ import annotations
 
-import netrc
+import argparse
 import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -37,50 +36,22 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from .fault_tolerance import AtomicCheckpointIO, SkipNonFiniteSteps, StepSeeding
 from .optimizer_monitor import RMSpropMonitor
-from .tracking import RunConfigCallback, optimizer_settings_check, run_identity
+from .tracking import (RUN_DIR, WANDB_PROJECT, ReproWandbLogger, RunConfigCallback, default_logger, offline_hint,
+                       optimizer_settings_check, run_identity)
 
-WANDB_PROJECT = "rmsprop-repro"
-RUN_DIR = "runs"
 WANDB_LOGGERS = ("pytorch_lightning.loggers.WandbLogger",
                  "pytorch_lightning.loggers.wandb.WandbLogger", "lightning.pytorch.loggers.WandbLogger")
-SUBCOMMANDS = ("compare", "bench", "dashboard")
+REPRO_LOGGER = f"{ReproWandbLogger.__module__}.{ReproWandbLogger.__qualname__}"
+WORKFLOW_COMMANDS = {
+    "compare": "plots and a table comparing runs, offline (W&B run folders or CSV logs)",
+    "bench": "one or more configs over several seeds: mean ± std of the final metrics",
+    "dashboard": "W&B workspaces and reports per reproduction, with the papers' figures (online)",
+}
 
 
 # Lightning warns that a step checkpoint under manual optimization holds the state after the
 # optimizer step and prints a code sample; that state is exactly what resuming needs.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-
-def wandb_logged_in() -> bool:
-    """An API key in the environment or in ~/.netrc, found without prompting or a network."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
-
-
-def wandb_offline() -> bool:
-    """Offline unless logged in; an explicit WANDB_MODE always wins."""
-    mode = os.environ.get("WANDB_MODE")
-    if mode:
-        return mode in ("offline", "dryrun", "disabled")
-    return not wandb_logged_in()
-
-
-def default_logger() -> dict:
-    return {
-        "class_path": "reproductions.tracking.ReproWandbLogger",
-        "init_args": {"project": WANDB_PROJECT, "save_dir": RUN_DIR, "offline": wandb_offline()},
-    }
-
-
-def offline_hint(save_dir: str) -> str:
-    """The one line a user who is not logged in sees before a run starts."""
-    return (f"W&B: not logged in, logging offline under {save_dir}/wandb; upload later with "
-            f"`wandb sync {save_dir}/wandb/offline-run-*`")
-
 
 def run_name(config: dict[str, Any]) -> str:
     """The name that keeps a run's checkpoints apart: the logger's ``name``, else the config
@@ -125,8 +96,8 @@ class ReproCLI(LightningCLI):
         optimizer_settings_check((plain.get("model") or {}).get("init_args") or {})
         logger = config.get("trainer.logger")
         if logger is not None and not isinstance(logger, (bool, list)) and \
-                logger.get("class_path") in WANDB_LOGGERS + ("reproductions.tracking.ReproWandbLogger",):
-            logger.class_path = "reproductions.tracking.ReproWandbLogger"
+                logger.get("class_path") in WANDB_LOGGERS + (REPRO_LOGGER,):
+            logger.class_path = REPRO_LOGGER
             for key, value in run_identity(plain).items():
                 if not logger.init_args.get(key):
                     logger.init_args[key] = value
@@ -156,6 +127,72 @@ class ReproCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+def workflow_parser() -> argparse.ArgumentParser:
+    """``repro compare | bench | dashboard``: the commands beside LightningCLI's."""
+    parser = argparse.ArgumentParser(prog="repro")
+    commands = parser.add_subparsers(dest="command", required=True)
+    compare = commands.add_parser("compare", help=WORKFLOW_COMMANDS["compare"],
+                                  description=WORKFLOW_COMMANDS["compare"])
+    compare.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                         help="a W&B run directory (runs/wandb/offline-run-*) or a Lightning CSV "
+                              "log (metrics.csv or its folder)")
+    compare.add_argument("--out", type=Path, default=Path("comparison"),
+                         help="folder for the PNGs and final_metrics.md (default: %(default)s)")
+    compare.add_argument("--metrics", nargs="*", metavar="METRIC",
+                         help="metrics to plot, e.g. val/bpc (default: every train/val/test "
+                              "metric that is not an optimizer internal)")
+    bench = commands.add_parser("bench", help=WORKFLOW_COMMANDS["bench"],
+                                description=WORKFLOW_COMMANDS["bench"] + "; arguments after `--` "
+                                "go to every repro fit")
+    bench.add_argument("-c", "--config", action="append", required=True,
+                       help="a repro fit config; repeat for several")
+    bench.add_argument("--seeds", type=int, default=3,
+                       help="runs per config, seeds 0..N-1 (default: %(default)s)")
+    bench.add_argument("--out", type=Path, default=Path("runs/bench"),
+                       help="folder of the runs and bench.md (default: %(default)s)")
+    dashboard = commands.add_parser("dashboard", help=WORKFLOW_COMMANDS["dashboard"],
+                                    description=WORKFLOW_COMMANDS["dashboard"])
+    dashboard.add_argument("--entity", help="W&B entity (default: your default entity)")
+    dashboard.add_argument("--project", default=WANDB_PROJECT,
+                           help="W&B project (default: %(default)s)")
+    return parser
+
+
+def run_workflow_command(argv: list[str]) -> int:
+    """``repro compare``, ``repro bench`` or ``repro dashboard``; returns the exit status."""
+    parser = workflow_parser()
+    own, extra = (argv, []) if "--" not in argv else (argv[:argv.index("--")],
+                                                      argv[argv.index("--") + 1:])
+    args = parser.parse_args(own)
+    if args.command == "dashboard":
+        from .dashboard import dashboard
+
+        return dashboard(args.entity, args.project)
+    if args.command == "compare":
+        from .compare import compare
+
+        missing = [str(r) for r in args.runs if not r.exists()]
+        if missing:
+            parser.error(f"compare: no such run directory or CSV: {', '.join(missing)}")
+        table = compare(args.runs, args.out, args.metrics)
+    else:
+        from .bench import bench, check_bench_configs
+
+        if args.seeds < 1:
+            parser.error(f"bench: --seeds must be >= 1, got {args.seeds}")
+        try:
+            check_bench_configs(args.config)
+        except (FileNotFoundError, ValueError) as error:
+            parser.error(str(error).removeprefix("repro "))
+        try:
+            table = bench(args.config, args.seeds, args.out, extra)
+        except (RuntimeError, FileNotFoundError) as error:
+            sys.exit(str(error))  # exit status 1, the message on stderr
+    print(table.read_text())
+    print(f"written to {table.parent}")
+    return 0
+
+
 def console_main() -> None:
     """The ``repro`` console script: runs ``main`` and returns nothing, so that the process exits
     with 0 (a console script passes its function's return value to ``sys.exit``)."""
@@ -165,21 +202,18 @@ def console_main() -> None:
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI | None:
     """Entry point of ``repro`` and ``python -m reproductions``."""
     argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] in SUBCOMMANDS:
-        from . import workflow
-
-        raise SystemExit(workflow.main(argv))
-
-    import datamodules  # noqa: F401 - registers the datamodules as subclasses for short names
-    import reproductions  # noqa: F401 - likewise for the LightningModules
-
+    if argv and argv[0] in WORKFLOW_COMMANDS:
+        raise SystemExit(run_workflow_command(argv))
+    epilog = "other commands:\n" + "\n".join(f"  {name:<10} {text}" for name, text in
+                                              WORKFLOW_COMMANDS.items())
     return ReproCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={"parser_mode": "omegaconf", "epilog": epilog,
+                       "formatter_class": argparse.RawDescriptionHelpFormatter},
         trainer_defaults={"logger": default_logger(), "default_root_dir": RUN_DIR,
                           # as a class_path, not an instance: the saved config stays serialisable
                           "plugins": [{"class_path": f"{AtomicCheckpointIO.__module__}."

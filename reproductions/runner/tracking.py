@@ -18,9 +18,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import netrc
+import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from pytorch_lightning import LightningModule, Trainer
@@ -28,6 +30,10 @@ from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from ..experiment import run_directory
+
+WANDB_PROJECT = "rmsprop-repro"
+RUN_DIR = "runs"
 MIN_SUFFIXES = ("loss", "nll_nats", "bpc")
 MAX_SUFFIXES = ("acc",)
 # Optimizer settings that name an RMSProp variant; a tag each when on (momentum: when > 0).
@@ -122,17 +128,6 @@ class ReproWandbLogger(WandbLogger):
         super().log_metrics(metrics, step)
 
 
-def run_directory(trainer: Trainer) -> Path:
-    """The run's own folder: the W&B run's files folder, else the logger's versioned log_dir."""
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            return Path(logger.experiment.dir)
-    # The logger's own log_dir, not trainer.log_dir: the latter is a collective broadcast, and
-    # this runs on rank 0 only, so under DDP it would leave the other ranks waiting forever.
-    log_dir = trainer.loggers[0].log_dir if trainer.loggers else None
-    return Path(log_dir or trainer.default_root_dir)
-
-
 def optimizer_hyperparameters(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The settings of the optimizer's first parameter group, as the optimizer holds them."""
     settings: dict[str, Any] = {"class": type(optimizer).__qualname__,
@@ -147,6 +142,38 @@ def optimizer_hyperparameters(optimizer: torch.optim.Optimizer) -> dict[str, Any
         else:
             settings[key] = str(value)
     return settings
+
+
+def wandb_logged_in() -> bool:
+    """An API key in the environment or in ~/.netrc, found without prompting or a network."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_offline() -> bool:
+    """Offline unless logged in; an explicit WANDB_MODE always wins."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return mode in ("offline", "dryrun", "disabled")
+    return not wandb_logged_in()
+
+
+def default_logger() -> dict:
+    return {
+        "class_path": f"{ReproWandbLogger.__module__}.{ReproWandbLogger.__qualname__}",
+        "init_args": {"project": WANDB_PROJECT, "save_dir": RUN_DIR, "offline": wandb_offline()},
+    }
+
+
+def offline_hint(save_dir: str) -> str:
+    """The one line a user who is not logged in sees before a run starts."""
+    return (f"W&B: not logged in, logging offline under {save_dir}/wandb; upload later with "
+            f"`wandb sync {save_dir}/wandb/offline-run-*`")
 
 
 class RunConfigCallback(SaveConfigCallback):

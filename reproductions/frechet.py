@@ -1,4 +1,8 @@
-"""A feature extractor for Frechet distances that needs no download.
+"""Frechet distances between generated and real images (the WGAN's sample-quality score).
+
+``FrechetScore`` is torchmetrics' Frechet distance against a fixed set of real images. Its
+features come from Inception-v3 (FID, with downloaded weights) or, by default, from a feature
+extractor that needs no download:
 
 FID needs Inception-v3 weights, which a fresh machine without a network does not have. Instead a
 small CNN is trained once on the dataset itself (on its labels, or, for single-class data such as
@@ -10,14 +14,17 @@ Scores are comparable between runs that share the cache file, not with published
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchmetrics.image.fid import FrechetInceptionDistance
 
-from .images import DatasetError
+from datamodules.images import DatasetError, ImageDataModule
 
 
 class FeatureClassifier(nn.Module):
@@ -115,3 +122,55 @@ def load_or_train(dataset: Dataset, channels: int, cache: Path,
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": network.state_dict(), "summary": summary}, cache)
     return network
+
+
+def feature_extractor(data: ImageDataModule) -> FeatureClassifier:
+    """The feature classifier of ``data``'s training set, cached beside the data."""
+    data.setup()
+    return load_or_train(data.train_set, data.channels, data.frechet_feature_cache)
+
+
+class FrechetScore:
+    """torchmetrics' Frechet distance against a fixed set of real images, whose statistics are
+    computed once. A plain object, not an nn.Module, so that its feature network stays out of the
+    GAN's parameters, train/eval switching and checkpoints."""
+
+    def __init__(self, metric: FrechetInceptionDistance, real: Dataset, rgb01: bool) -> None:
+        self.metric, self.rgb01 = metric, rgb01
+        for images, _ in DataLoader(real, batch_size=256):
+            metric.update(self.features_input(images.to(metric.device)), real=True)
+
+    @classmethod
+    def of_dataset(cls, data: ImageDataModule, features: Literal["classifier", "inception"],
+                   samples: int, inception_weights: str | None,
+                   device: torch.device) -> FrechetScore:
+        """The score against ``samples`` images of ``data``'s training set (a fixed, seeded
+        choice), on ``classifier`` features (trained once, cached beside the data) or
+        ``inception`` ones (FID, needs torch-fidelity and the weights file)."""
+        if features == "inception":
+            metric = FrechetInceptionDistance(feature=2048, normalize=True,
+                                              reset_real_features=False,
+                                              feature_extractor_weights_path=inception_weights)
+        else:
+            metric = FrechetInceptionDistance(feature=feature_extractor(data),
+                                              reset_real_features=False)
+        data.setup()
+        chosen = torch.randperm(len(data.train_set), generator=torch.Generator().manual_seed(0))
+        real = Subset(data.train_set, chosen[:samples].tolist())
+        return cls(metric.to(device), real, rgb01=features == "inception")
+
+    def features_input(self, images: Tensor) -> Tensor:
+        """The classifier reads [-1, 1] images as trained; Inception (normalize=True) reads [0, 1]
+        RGB."""
+        if not self.rgb01:
+            return images
+        images = (images.clamp(-1, 1) + 1) / 2
+        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+    @torch.no_grad()
+    def __call__(self, generator: nn.Module, noise: Callable[[int], Tensor], samples: int) -> float:
+        self.metric.reset()  # reset_real_features=False: clears the generated statistics only
+        for start in range(0, samples, 256):
+            fake = generator(noise(min(256, samples - start)))
+            self.metric.update(self.features_input(fake), real=False)
+        return float(self.metric.compute())
