@@ -3,19 +3,18 @@ statistics in training and evaluation, T_max reuse, the initialisation, the conf
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 import torch
 
+import paper_facts
 from optimizers import presets
 from reproductions.runner import cli
 from reproductions.bn_lstm import BNLSTM, SequentialClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "bn_lstm"
-PAPERS = ROOT.parent / "shared" / "papers.md"  # the project's paper facts, beside the checkout
 EPS = 1e-5
 
 
@@ -220,23 +219,7 @@ def test_default_optimizer_is_the_bn_lstm_preset():
     assert (group["lr"], group["alpha"], group["momentum"]) == (1e-3, 0.9, 0)
 
 
-# ---- configs against papers.md ---------------------------------------------------------------
-
-def paper_numbers() -> dict[str, float]:
-    """The Recurrent Batch Normalization section's settings, read from papers.md."""
-    if not PAPERS.exists():
-        pytest.skip(f"{PAPERS} not found: the configs are checked against the project's papers.md")
-    section = PAPERS.read_text().split("## Recurrent Batch Normalization")[1].split("\n## ")[0]
-    text = " ".join(section.split())  # one line: settings wrap across lines
-    number = r"([0-9.]+(?:e-?[0-9]+)?)"
-    find = lambda pattern: float(re.search(pattern, text).group(1))  # noqa: E731
-    train, valid = re.search(r"train/valid (\d+)k/(\d+)k", text).groups()
-    return {"hidden": find(rf"{number} units"), "lr": find(rf"RMSProp lr {number}"),
-            "clip": find(rf"clipping {number}"), "batch": find(rf"batch {number}"),
-            "noise": find(rf"noise {number} on the initial hidden"),
-            "gamma": find(rf"gamma initialised to {number}"), "steps": find(rf"{number} steps of one pixel"),
-            "val": float(valid) * 1000, "train": float(train) * 1000}
-
+# ---- configs against the papers (tests/paper_facts.py) ---------------------------------------------------------------
 
 def parse(tmp_path, monkeypatch, *configs: str, extra: tuple[str, ...] = ()):
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -249,23 +232,24 @@ def parse(tmp_path, monkeypatch, *configs: str, extra: tuple[str, ...] = ()):
     ("seq_mnist_lstm", "lstm", False), ("seq_mnist_bnlstm", "bn_lstm", False),
     ("pmnist_lstm", "lstm", True), ("pmnist_bnlstm", "bn_lstm", True)])
 def test_paper_configs_carry_the_papers_settings(tmp_path, monkeypatch, name, cell, permuted):
-    paper = paper_numbers()
+    paper = paper_facts.BN_LSTM
     parsed = parse(tmp_path, monkeypatch, f"{name}.yaml")
     model, data, trainer = parsed.model, parsed.datamodule, parsed.trainer
     assert model.hparams.cell == cell and (data.permutation is not None) == permuted
-    assert model.hparams.hidden_size == paper["hidden"]
-    assert model.hparams.initial_state_noise == paper["noise"]
-    assert model.hparams.gamma_init == paper["gamma"]
+    assert model.hparams.hidden_size == paper["hidden_size"]
+    assert model.hparams.initial_state_noise == paper["initial_state_noise"]
+    assert model.hparams.gamma_init == paper["gamma_init"]
     assert model.hparams.t_max == paper["steps"] == data.steps and data.pixels_per_step == 1
-    assert data.batch_size == paper["batch"] and data.val_size == paper["val"]
-    assert data.dataset == "mnist" and 60_000 - data.val_size == paper["train"]
-    assert trainer.gradient_clip_val == paper["clip"] and trainer.gradient_clip_algorithm == "norm"
+    assert data.batch_size == paper["batch_size"] and data.val_size == paper["val_size"]
+    assert data.dataset == "mnist" and 60_000 - data.val_size == paper["train_size"]
+    assert trainer.gradient_clip_val == paper["gradient_clip"]
+    assert trainer.gradient_clip_algorithm == "norm"
     optimizer = model.configure_optimizers()
     assert isinstance(optimizer, presets.BnLstm)
     group = optimizer.param_groups[0]
     assert group["lr"] == paper["lr"] and group["alpha"] == 0.9 and group["momentum"] == 0
     if cell == "bn_lstm":
-        assert all(torch.all(bn.weight == paper["gamma"]) for bn in (model.rnn.bn_ih, model.rnn.bn_c))
+        assert all(torch.all(bn.weight == paper["gamma_init"]) for bn in (model.rnn.bn_ih, model.rnn.bn_c))
 
 
 def test_momentum_reading_is_selected_by_a_layered_config(tmp_path, monkeypatch):

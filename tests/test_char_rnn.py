@@ -1,12 +1,11 @@
 """Graves (2013) character-level language models: data streams, BPC, skip connections,
-vocabulary, sampling, corpus errors, configs against papers.md, and an end-to-end ``repro fit``."""
+vocabulary, sampling, corpus errors, configs against the papers, and an end-to-end ``repro fit``."""
 
 from __future__ import annotations
 
 import copy
 import json
 import math
-import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -16,14 +15,13 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from reproductions.runner.wandb_records import read_run
+import paper_facts
 from datamodules.text import (UNK, CorpusError, StreamWindows, TextDataModule, Vocabulary)
 from reproductions.char_rnn import CharRNN, main as char_rnn_main, nats_to_bits
+from reproductions.runner.wandb_records import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "char_rnn"
-PAPERS = Path("/work/shared/papers.md") if Path("/work/shared/papers.md").exists() \
-    else ROOT.parent / "shared" / "papers.md"
 
 
 def tiny_model(vocabulary: Vocabulary, **kwargs) -> CharRNN:
@@ -316,7 +314,7 @@ def test_dynamic_evaluation_matches_manual_sgd(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
-# Configs against papers.md
+# Configs against the papers (tests/paper_facts.py)
 # ------------------------------------------------------------------------------------------
 def parse_config(name: str, monkeypatch, tmp_path):
     from reproductions.runner.cli import main
@@ -326,17 +324,11 @@ def parse_config(name: str, monkeypatch, tmp_path):
                 run=False)
 
 
-def test_paper_configs_match_papers_md(monkeypatch, tmp_path):
-    papers = PAPERS.read_text()
-    graves = papers[papers.index("## Graves 2013"):papers.index("## Recurrent Batch")]
-    wiki = re.search(r"sequences of (\d+).*reset every (\d+) sequences; (\d+) layers of (\d+)",
-                     graves, re.S)
-    ptb = re.search(r"Penn Treebank, characters: (\d+) layer of (\d+) units", graves)
-    rule = re.search(r"a ([\d.]+), mu ([\d.]+), lr ([\de.-]+), k ([\de.-]+) \|", papers)
-    seq, reset, wiki_layers, wiki_units = map(int, wiki.groups())
-    alpha, momentum, lr, k = map(float, rule.groups())
-    expected = {"enwik8_7x700.yaml": (wiki_layers, wiki_units, "enwik8"),
-                "ptb_1x1000.yaml": (int(ptb.group(1)), int(ptb.group(2)), "ptb")}
+def test_paper_configs_carry_the_papers_settings(monkeypatch, tmp_path):
+    text, rule = paper_facts.GRAVES_TEXT, paper_facts.GRAVES_RMSPROP
+    seq, reset = text["sequence_length"], text["reset_every"]
+    expected = {"enwik8_7x700.yaml": (text["wikipedia_layers"], text["wikipedia_units"], "enwik8"),
+                "ptb_1x1000.yaml": (text["ptb_layers"], text["ptb_units"], "ptb")}
     for name, (layers, units, corpus) in expected.items():
         cli = parse_config(name, monkeypatch, tmp_path)
         hp, data = cli.model.hparams, cli.datamodule
@@ -346,12 +338,12 @@ def test_paper_configs_match_papers_md(monkeypatch, tmp_path):
         optimizer = cli.model.optimizer([nn.Parameter(torch.zeros(2))])
         settings = optimizer.defaults
         assert (settings["alpha"], settings["momentum"], settings["lr"], settings["eps"]) == \
-            (alpha, momentum, lr, k), name
+            (rule["alpha"], rule["momentum"], rule["lr"], rule["eps"]), name
         assert settings["centered"] and settings["eps_in_sqrt"] and settings["lr_in_momentum"]
     # enwik8: the paper's first 96M bytes for training, the next 4M for validation
     enwik8 = parse_config("enwik8_7x700.yaml", monkeypatch, tmp_path).datamodule
-    assert "96M" in graves and "4M validation" in graves
-    assert (enwik8.val_fraction, enwik8.test_fraction) == (0.04, 0.0)
+    assert (enwik8.val_fraction, enwik8.test_fraction) == (
+        text["wikipedia_validation_fraction"], 0.0)
 
 
 # ------------------------------------------------------------------------------------------

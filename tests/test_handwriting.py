@@ -1,11 +1,10 @@
 """Graves 2013 handwriting: IAM-OnDB parsing, normalisation, the mixture density loss, the soft
-window, biased sampling, derivative clipping, configs against papers.md, tiny end-to-end fits."""
+window, biased sampling, derivative clipping, configs against the papers, tiny end-to-end fits."""
 
 from __future__ import annotations
 
 import glob
 import math
-import re
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 from torch import distributions as D
 
+import paper_facts
 from datamodules.handwriting import (
     ALPHABET,
     HandwritingDataModule,
@@ -34,7 +34,6 @@ from reproductions.handwriting import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-PAPERS = REPO.parent / "shared" / "papers.md"
 
 # A line file exactly as IAM-OnDB ships them (whiteboard description first, then the strokes).
 IAM_LINE_XML = """<?xml version="1.0" encoding="ISO-8859-1"?>
@@ -293,15 +292,8 @@ def test_bias_shrinks_sigma_and_large_bias_is_near_deterministic():
 # ----------------------------------------------------------------------------- configs
 
 
-def paper_value(pattern: str) -> str:
-    match = re.search(pattern, PAPERS.read_text())
-    assert match, f"{pattern!r} not in {PAPERS}"
-    return match.group(1)
-
-
-@pytest.mark.skipif(not PAPERS.is_file(), reason="../shared/papers.md not present")
 @pytest.mark.parametrize("name", ["prediction_iam", "synthesis_iam"])
-def test_paper_configs_match_papers_md(name, tmp_path, monkeypatch):
+def test_paper_configs_carry_the_papers_settings(name, tmp_path, monkeypatch):
     from reproductions.runner.cli import main
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -310,19 +302,19 @@ def test_paper_configs_match_papers_md(name, tmp_path, monkeypatch):
     cli = main(args=["-c", str(REPO / f"configs/handwriting/{name}.yaml"),
                      "--data.init_args.root", str(tmp_path / "iam")], run=False)
     model, hp = cli.model, cli.model.hparams
-    assert hp.num_layers == int(paper_value(r"(\d+) layers of \d+; output-gradient"))
-    assert hp.hidden_size == int(paper_value(r"\d+ layers of (\d+); output-gradient"))
-    assert hp.num_mixtures == int(paper_value(r"output (\d+) bivariate Gaussians"))
-    assert model.output.out_features == int(paper_value(r"= (\d+) units"))
-    assert hp.output_clip == float(paper_value(r"output-gradient clipping \[-\d+, (\d+)\]"))
-    assert hp.lstm_clip == float(paper_value(r"LSTM-gradient clipping\s+\[-\d+, (\d+)\]"))
+    paper, rule = paper_facts.GRAVES_HANDWRITING, paper_facts.GRAVES_RMSPROP
+    assert (hp.num_layers, hp.hidden_size) == (paper["layers"], paper["units"])
+    assert hp.num_mixtures == paper["mixtures"]
+    assert model.output.out_features == paper["output_units"]
+    assert (hp.output_clip, hp.lstm_clip) == (paper["output_clip"], paper["lstm_clip"])
     optimizer = model.configure_optimizers()
     group = optimizer.param_groups[0]
-    assert (group["lr"], group["alpha"], group["momentum"], group["eps"]) == (1e-4, 0.95, 0.9, 1e-4)
+    assert (group["lr"], group["alpha"], group["momentum"], group["eps"]) == (
+        rule["lr"], rule["alpha"], rule["momentum"], rule["eps"])
     assert group["centered"] and group["eps_in_sqrt"]
     if name == "synthesis_iam":
-        assert hp.window_gaussians == int(paper_value(r"K = (\d+) Gaussians"))
-        assert len(ALPHABET) == int(paper_value(r"(\d+) characters; 3 x 400"))
+        assert hp.window_gaussians == paper["window_gaussians"]
+        assert len(ALPHABET) == paper["characters"]
         assert model.window.out_features == 3 * hp.window_gaussians
 
 

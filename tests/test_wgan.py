@@ -1,5 +1,5 @@
 """WGAN: networks against the reference code's shapes, clipping, the critic schedule, the gradient
-penalty, the step/gradient cosine, configs against papers.md, bad input, and one end-to-end run."""
+penalty, the step/gradient cosine, configs against the papers, bad input, and one end-to-end run."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 import wandb
 from torch import nn
 
+import paper_facts
 from helpers import write_png_folder
 from reproductions.runner.wandb_records import read_run
 from datamodules.images import DatasetError
@@ -241,35 +242,39 @@ def optimizer_of(factory) -> torch.optim.Optimizer:
 def test_paper_configs_follow_algorithm_1(name, image_size, channels):
     cli = parse(name)
     model, data = cli.model, cli.datamodule
-    # papers.md, WGAN: RMSProp lr 5e-5 for both, c = 0.01, batch 64, n_critic = 5, z 100-d;
-    # reference code: alpha 0.99, eps 1e-8, 100 critic iterations below 25 and every 500.
+    paper = paper_facts.WGAN
     for factory in (model.critic_optimizer, model.generator_optimizer):
         optimizer = optimizer_of(factory)
         assert isinstance(optimizer, RMSprop)
-        assert optimizer.defaults["lr"] == 5e-5
-        assert optimizer.defaults["alpha"] == 0.99 and optimizer.defaults["eps"] == 1e-8
+        assert optimizer.defaults["lr"] == paper["lr"]
+        assert (optimizer.defaults["alpha"], optimizer.defaults["eps"]) == (paper["alpha"],
+                                                                            paper["eps"])
         assert optimizer.defaults["momentum"] == 0 and not optimizer.defaults["centered"]
     h = model.hparams
-    assert (h.penalty, h.clip_value, h.n_critic, h.nz) == ("clip", 0.01, 5, 100)
-    assert (h.n_critic_burst, h.burst_below, h.burst_every) == (100, 25, 500)
-    assert data.batch_size == 64
+    assert (h.penalty, h.clip_value, h.n_critic, h.nz) == ("clip", paper["clip_value"],
+                                                           paper["n_critic"], paper["nz"])
+    assert (h.n_critic_burst, h.burst_below, h.burst_every) == (
+        paper["n_critic_burst"], paper["burst_below"], paper["burst_every"])
+    assert data.batch_size == paper["batch_size"]
     assert (h.image_size, h.channels) == (data.image_size, data.channels) == (image_size, channels)
     if "lsun" in name:
         assert (data.dataset_name, data.lsun_classes) == ("lsun", "bedroom_train")
     if "mlp" in name:
-        assert (h.generator, h.mlp_width) == ("mlp", 512)
+        assert (h.generator, h.mlp_width) == ("mlp", paper["mlp_width"])
 
 
 def test_wgan_gp_config_follows_gulrajani():
     cli = parse("wgan_gp_cifar10.yaml")
     h = cli.model.hparams
-    # papers.md, WGAN-GP: lambda 10, Adam lr 1e-4 betas (0, 0.9), n_critic 5, no critic BatchNorm.
-    assert (h.penalty, h.gp_weight, h.n_critic, h.critic) == ("gp", 10.0, 5, "dcgan_no_bn")
+    paper = paper_facts.WGAN_GP  # and no critic BatchNorm
+    assert (h.penalty, h.gp_weight, h.n_critic, h.critic) == ("gp", paper["gp_weight"],
+                                                              paper["n_critic"], "dcgan_no_bn")
     assert critic_iterations(0, h.n_critic, h.n_critic_burst, h.burst_below, h.burst_every) == 5
     for factory in (cli.model.critic_optimizer, cli.model.generator_optimizer):
         optimizer = optimizer_of(factory)
         assert type(optimizer) is torch.optim.Adam
-        assert optimizer.defaults["lr"] == 1e-4 and tuple(optimizer.defaults["betas"]) == (0, 0.9)
+        assert optimizer.defaults["lr"] == paper["lr"]
+        assert tuple(optimizer.defaults["betas"]) == paper["betas"]
     assert not layers_of(cli.model.critic, nn.BatchNorm2d)
 
 
