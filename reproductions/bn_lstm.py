@@ -2,7 +2,7 @@
 permuted MNIST: an LSTM and a BN-LSTM classify a digit read one pixel per time step.
 
     repro fit -c configs/bn_lstm/smoke.yaml             # mnist5k, CPU, a few minutes
-    repro fit -c configs/bn_lstm/pmnist_bnlstm.yaml     # the paper's permuted MNIST BN-LSTM
+    repro fit -c configs/bn_lstm/seq_mnist.yaml -c configs/bn_lstm/permuted.yaml  # permuted MNIST
 
 BN-LSTM (eq. 6-8), with BN(x; gamma, beta) = beta + gamma (x - E[x]) / sqrt(Var[x] + eps):
 

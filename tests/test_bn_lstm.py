@@ -228,12 +228,12 @@ def parse(tmp_path, monkeypatch, *configs: str, extra: tuple[str, ...] = ()):
     return cli.main(args=[*args, "--trainer.logger", "false", *extra], run=False)
 
 
-@pytest.mark.parametrize("name, cell, permuted", [
-    ("seq_mnist_lstm", "lstm", False), ("seq_mnist_bnlstm", "bn_lstm", False),
-    ("pmnist_lstm", "lstm", True), ("pmnist_bnlstm", "bn_lstm", True)])
-def test_paper_configs_carry_the_papers_settings(tmp_path, monkeypatch, name, cell, permuted):
+@pytest.mark.parametrize("overlays, cell, permuted", [
+    ((), "bn_lstm", False), (("lstm.yaml",), "lstm", False),
+    (("permuted.yaml",), "bn_lstm", True), (("permuted.yaml", "lstm.yaml"), "lstm", True)])
+def test_paper_configs_carry_the_papers_settings(tmp_path, monkeypatch, overlays, cell, permuted):
     paper = paper_facts.BN_LSTM
-    parsed = parse(tmp_path, monkeypatch, f"{name}.yaml")
+    parsed = parse(tmp_path, monkeypatch, "seq_mnist.yaml", *overlays)
     model, data, trainer = parsed.model, parsed.datamodule, parsed.trainer
     assert model.hparams.cell == cell and (data.permutation is not None) == permuted
     assert model.hparams.hidden_size == paper["hidden_size"]
@@ -253,7 +253,7 @@ def test_paper_configs_carry_the_papers_settings(tmp_path, monkeypatch, name, ce
 
 
 def test_momentum_reading_is_selected_by_a_layered_config(tmp_path, monkeypatch):
-    parsed = parse(tmp_path, monkeypatch, "pmnist_bnlstm.yaml", "momentum_0.9.yaml")
+    parsed = parse(tmp_path, monkeypatch, "seq_mnist.yaml", "permuted.yaml", "momentum_0.9.yaml")
     group = parsed.model.configure_optimizers().param_groups[0]
     assert (group["lr"], group["alpha"], group["momentum"]) == (1e-3, 0.9, 0.9)
 

@@ -198,3 +198,22 @@ def test_dashboard_without_wandb_workspaces_says_how_to_install(monkeypatch, cap
     monkeypatch.setitem(sys.modules, "wandb_workspaces", None)  # import fails as if absent
     assert dashboard.dashboard(None, "rmsprop-repro") == 0
     assert "pip install rmsprop-repro[dashboard]" in capsys.readouterr().out
+
+
+def test_bench_layers_a_base_and_its_overlays(tmp_path):
+    from reproductions.runner.bench import (BenchConfigError, bench_command, check_bench_configs,
+                                            config_label)
+
+    base, overlay = REPO / "configs/bn_lstm/seq_mnist.yaml", REPO / "configs/bn_lstm/lstm.yaml"
+    config = f"{base},{overlay}"
+    assert config_label(config) == "bn_lstm-seq_mnist+lstm"
+    command = bench_command(config, 1, tmp_path / "run", [])
+    assert command[command.index("fit") + 1:command.index("fit") + 5] == [
+        "-c", str(base), "-c", str(overlay)]
+    check_bench_configs([config])
+    silent = tmp_path / "silent.yaml"
+    silent.write_text("trainer:\n  logger: false\n")
+    with pytest.raises(BenchConfigError, match="logger: false"):
+        check_bench_configs([f"{base},{silent}"])
+    with pytest.raises(BenchConfigError, match="no_such.yaml does not exist"):
+        check_bench_configs([f"{base},{tmp_path / 'no_such.yaml'}"])

@@ -1,11 +1,12 @@
 """``repro bench``: one config over several seeds, mean and spread of the final metrics.
 
-    repro bench -c CFG [-c CFG2 ...] --seeds 3 [--out DIR] [-- extra repro fit arguments]
+    repro bench -c CFG [-c CFG2,OVERLAY ...] --seeds 3 [--out DIR] [-- extra repro fit arguments]
 
 One ``repro fit`` process per (config, seed), seeds 0..N-1, each logging into its own folder
-DIR/<config folder>-<config stem>-seed<k> (the run's name too); then DIR/bench.md, a markdown table
-of mean ± sample std (over seeds) of each metric's final value. Configs are checked (they exist,
-they keep a logger) before the first run starts.
+DIR/<config folder>-<config stems joined by +>-seed<k> (the run's name too); then DIR/bench.md, a
+markdown table of mean ± sample std (over seeds) of each metric's final value. A config is one
+YAML file or several separated by commas, layered in that order as ``repro fit -c A -c B`` does.
+Configs are checked (they exist, they keep a logger) before the first run starts.
 """
 
 from __future__ import annotations
@@ -21,11 +22,27 @@ import yaml
 from .compare import headline, markdown_table, read_series
 
 
+class BenchConfigError(ValueError):
+    """A config that bench cannot run: missing, or without a logger."""
+
+
+def config_files(config: str) -> list[Path]:
+    """The YAML files of one bench config: ``a.yaml`` or ``base.yaml,overlay.yaml``."""
+    return [Path(part) for part in config.split(",")]
+
+
+def config_label(config: str) -> str:
+    """``configs/bn_lstm/seq_mnist.yaml,configs/bn_lstm/lstm.yaml`` -> ``bn_lstm-seq_mnist+lstm``."""
+    files = config_files(config)
+    return f"{files[0].parent.name}-" + "+".join(f.stem for f in files)
+
+
 def bench_command(config: str, seed: int, save_dir: Path, extra: list[str]) -> list[str]:
     """The ``repro fit`` command line of one (config, seed): its own logger folder and run name.
     The logger arguments go through ``trainer.logger.init_args``, which the default W&B logger
     and a YAML's own WandbLogger or CSVLogger all take."""
-    return [sys.executable, "-m", "reproductions", "fit", "-c", config,
+    layered = [arg for path in config_files(config) for arg in ("-c", str(path))]
+    return [sys.executable, "-m", "reproductions", "fit", *layered,
             "--seed_everything", str(seed),
             "--trainer.logger.init_args.name", save_dir.name,
             "--trainer.logger.init_args.save_dir", str(save_dir), *extra]
@@ -42,15 +59,17 @@ def logged_run(save_dir: Path) -> Path:
 
 
 def check_bench_configs(configs: list[str]) -> None:
-    """Every config exists and keeps a logger, before the first run starts."""
+    """Every config file exists and the layered result keeps a logger, before any run starts."""
     for config in configs:
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"repro bench: config {config} does not exist")
-        trainer = (yaml.safe_load(path.read_text()) or {}).get("trainer") or {}
-        if trainer.get("logger") is False or trainer.get("logger") == []:
-            raise ValueError(f"repro bench: {config} sets trainer.logger: false; bench reads "
-                             "each run's logged metrics, so it needs a logger")
+        logger = None
+        for path in config_files(config):
+            if not path.is_file():
+                raise BenchConfigError(f"repro bench: config {path} does not exist")
+            logger = ((yaml.safe_load(path.read_text()) or {}).get("trainer") or {}).get(
+                "logger", logger)
+        if logger is False or logger == []:
+            raise BenchConfigError(f"repro bench: {config} sets trainer.logger: false; bench "
+                                   "reads each run's logged metrics, so it needs a logger")
 
 
 def mean_std_cell(values: list[float]) -> str:
@@ -69,8 +88,8 @@ def bench(configs: list[str], seeds: int, out: Path, extra: list[str]) -> Path:
         p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
     finals: dict[str, dict[str, list[float]]] = {}
     for config in configs:
-        stem = f"{Path(config).parent.name}-{Path(config).stem}"  # configs/bn_lstm/smoke.yaml:
-        for seed in range(seeds):                                 # bn_lstm-smoke
+        stem = config_label(config)
+        for seed in range(seeds):
             save_dir = out / f"{stem}-seed{seed}"
             command = bench_command(config, seed, save_dir, extra)
             print("repro bench:", " ".join(command[2:]), flush=True)

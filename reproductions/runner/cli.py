@@ -145,7 +145,8 @@ def workflow_parser() -> argparse.ArgumentParser:
                                 description=WORKFLOW_COMMANDS["bench"] + "; arguments after `--` "
                                 "go to every repro fit")
     bench.add_argument("-c", "--config", action="append", required=True,
-                       help="a repro fit config; repeat for several")
+                       help="a repro fit config, or a base and overlays joined by commas "
+                            "(a.yaml,b.yaml); repeat -c for several")
     bench.add_argument("--seeds", type=int, default=3,
                        help="runs per config, seeds 0..N-1 (default: %(default)s)")
     bench.add_argument("--out", type=Path, default=Path("runs/bench"),
@@ -176,16 +177,14 @@ def run_workflow_command(argv: list[str]) -> int:
             parser.error(f"compare: no such run directory or CSV: {', '.join(missing)}")
         table = compare(args.runs, args.out, args.metrics)
     else:
-        from .bench import bench, check_bench_configs
+        from .bench import BenchConfigError, bench
 
         if args.seeds < 1:
             parser.error(f"bench: --seeds must be >= 1, got {args.seeds}")
         try:
-            check_bench_configs(args.config)
-        except (FileNotFoundError, ValueError) as error:
-            parser.error(str(error).removeprefix("repro "))
-        try:
             table = bench(args.config, args.seeds, args.out, extra)
+        except BenchConfigError as error:
+            parser.error(str(error).removeprefix("repro "))
         except (RuntimeError, FileNotFoundError) as error:
             sys.exit(str(error))  # exit status 1, the message on stderr
     print(table.read_text())
