@@ -1,4 +1,5 @@
-"""Shared pieces of the optimizer tests: the variants and a trajectory runner."""
+"""Shared pieces of the tests: the optimizer variants and a trajectory runner, image folders, and
+the arguments of tiny runs."""
 
 from __future__ import annotations
 
@@ -96,3 +97,11 @@ def write_png_folder(root: Path, count: int, size: int) -> None:
         for i in range(count // 2):
             Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
                 root / label / f"{i}.png")
+
+
+# A handwriting prediction run small enough for a test: 24 Hershey lines, 8 units, 2 mixtures.
+TINY_HANDWRITING = [
+    "--data.init_args.hershey_lines", "24", "--data.init_args.hershey_val_lines", "4",
+    "--data.init_args.batch_size", "8", "--model.init_args.hidden_size", "8",
+    "--model.init_args.num_mixtures", "2", "--model.init_args.picture_every_n_epochs", "0",
+    "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]

@@ -428,3 +428,21 @@ def test_synthesis_smoke_window_moves_along_the_text(tmp_path, monkeypatch):
     focus_last = phi[rows, last_step, :-1].masked_fill(~batch["text_mask"], -1).argmax(-1)
     assert (focus_first <= 1).float().mean() > 0.8          # starts at the first characters
     assert (focus_last >= chars - 2).float().mean() > 0.8   # ends on the last characters
+
+
+@pytest.mark.parametrize("max_epochs, max_steps, epoch, step, drawn", [
+    (-1, 100, 0, 10, False),   # only max_steps bounds the run: epochs in between are not the last
+    (-1, 100, 0, 100, True),   # the step that ends the run
+    (-1, 100, 4, 50, True),    # every 5th epoch
+    (3, -1, 2, 7, True),       # the last of max_epochs
+    (30, -1, 2, 7, False),
+])
+def test_pictures_every_n_epochs_and_at_the_end(max_epochs, max_steps, epoch, step, drawn):
+    from types import SimpleNamespace
+
+    model = HandwritingPrediction(hidden_size=4, num_layers=1, num_mixtures=2,
+                                  picture_every_n_epochs=5)
+    model._trainer = SimpleNamespace(max_epochs=max_epochs, max_steps=max_steps,
+                                     current_epoch=epoch, global_step=step,
+                                     sanity_checking=False, is_global_zero=True)
+    assert model.should_draw() == drawn

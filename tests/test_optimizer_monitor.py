@@ -8,16 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import TINY_HANDWRITING
 from optimizers import RMSprop, presets
 from reproductions.runner.cli import main
 from reproductions.runner.optimizer_monitor import RMSpropMonitor
 from reproductions.runner.wandb_records import read_run
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--data.init_args.hershey_lines", "24", "--data.init_args.hershey_val_lines", "4",
-        "--data.init_args.batch_size", "8", "--model.init_args.hidden_size", "8",
-        "--model.init_args.num_mixtures", "2", "--model.init_args.picture_every_n_epochs", "0",
-        "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]
 
 G = np.array([1.0, 1e-3, 2.0, 0.0])  # gradients: one tiny, one zero
 
@@ -98,7 +95,7 @@ def test_step_size_histograms_reach_wandb_and_match_torch_histogram(tmp_path, mo
     settings = presets.PRESETS["graves"].settings
     assert settings["centered"] and settings["eps_in_sqrt"] and not settings.get("bias_correction")
     cli = main(args=["fit", "-c", str(REPO / "configs/handwriting/prediction_smoke.yaml"),
-                     "--data.init_args.root", str(tmp_path / "hershey"), *TINY,
+                     "--data.init_args.root", str(tmp_path / "hershey"), *TINY_HANDWRITING,
                      "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
                      "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
                      "--optimizer_monitor.every_n_steps", "2",  # after steps 1 and 3
@@ -144,3 +141,14 @@ def wait_for_rows(run_dir, key: str, count: int) -> list[dict]:
             return rows
         time.sleep(0.1)
     return rows
+
+
+def test_every_n_steps_0_turns_the_monitor_off():
+    p = torch.nn.Parameter(torch.ones(3))
+    optimizer = RMSprop([p], lr=0.1)
+    monitor = RMSpropMonitor(every_n_steps=0, histograms=False)
+    monitor.attach(optimizer, 0)
+    for _ in range(2):
+        p.grad = torch.ones(3)
+        optimizer.step()
+    assert monitor.last_logged == {}

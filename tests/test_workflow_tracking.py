@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import TINY_HANDWRITING
 from optimizers import presets
 from reproductions.runner import tracking
 from reproductions.runner.cli import main
@@ -14,15 +15,11 @@ from reproductions.runner.wandb_records import read_run
 from reproductions.runner.compare import compare
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--data.init_args.hershey_lines", "24", "--data.init_args.hershey_val_lines", "4",
-        "--data.init_args.batch_size", "8", "--model.init_args.hidden_size", "8",
-        "--model.init_args.num_mixtures", "2", "--model.init_args.picture_every_n_epochs", "0",
-        "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]
 
 
 def tiny_args(tmp_path: Path, *extra: str) -> list[str]:
     return ["fit", "-c", str(REPO / "configs/handwriting/prediction_smoke.yaml"),
-            "--data.init_args.root", str(tmp_path / "hershey"), *TINY,
+            "--data.init_args.root", str(tmp_path / "hershey"), *TINY_HANDWRITING,
             "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), *extra]
 
 

@@ -26,12 +26,11 @@
     random numbers between steps (validation, DataLoader iterators, sample pictures) changes
     nothing in training.
 
-  Other state that a step reads must be in the checkpoint too: the module's (WGAN's counters are,
-  via ``on_save_checkpoint``), the callbacks' (``SkipNonFiniteSteps`` saves its counts).
-  Limits: randomness inside a Dataset's ``__getitem__`` in DataLoader workers follows the workers'
-  seeds, which are not reseeded (no dataset here draws any); a ``CharRNN`` resumed inside an
-  epoch continues its truncated-BPTT streams from a zero state, exact only at a reset window,
-  until the model saves its carried state in the checkpoint.
+  Other state that a step reads must be in the checkpoint too: the module's (WGAN's counters and
+  the char-RNN's carried truncated-BPTT state are, via ``on_save_checkpoint``), the callbacks'
+  (``SkipNonFiniteSteps`` saves its counts). Limit: randomness inside a Dataset's
+  ``__getitem__`` in DataLoader workers follows the workers' seeds, which are not reseeded (no
+  dataset here draws any).
 * ``AtomicCheckpointIO``: Lightning's local save writes to ``tempfile.mkstemp()`` (the system temp
   folder) and then ``shutil.move``s it (fsspec transaction, lightning_fabric ``_atomic_save``);
   when that folder is on another filesystem the move is a copy into the final path, which a kill

@@ -163,7 +163,7 @@ class RMSpropMonitor(Callback):
         self._handles, self._before = [], {}
 
     def _due(self, index: int) -> bool:
-        return self._counts[index] % self.every_n_steps == 0
+        return self.every_n_steps > 0 and self._counts[index] % self.every_n_steps == 0
 
     def _index(self, p: Tensor) -> Tensor | None:
         if p not in self._samples:
