@@ -43,13 +43,13 @@ class Dashboard:
 
 
 def run_directory(trainer: Trainer) -> Path:
-    """The run's own folder: the W&B run's files folder (synced with the run), else the first
-    logger's log_dir, else the trainer's default_root_dir.
+    """The run's own folder: the W&B run's files folder (synced with the run; not when W&B is
+    disabled), else the first logger's log_dir, else the trainer's default_root_dir.
 
     Never ``trainer.log_dir``: that property is a collective broadcast, and callers that write
     files on rank 0 only would wait on the other ranks forever under DDP."""
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
+        if isinstance(logger, WandbLogger) and not getattr(logger.experiment, "disabled", False):
             return Path(logger.experiment.dir)
     log_dir = trainer.loggers[0].log_dir if trainer.loggers else None
     return Path(log_dir or trainer.default_root_dir)

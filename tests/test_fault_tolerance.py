@@ -231,13 +231,13 @@ def test_sigkilled_fit_resumes_exactly_with_ckpt_path_last(tmp_path):
 
     # 4 batches an epoch, a step checkpoint (and last.ckpt) every 3 steps: killed just after
     # step 6, inside epoch 1 (or, if the kill comes late, after a later step's checkpoint).
-    directory = tmp_path / "killed/checkpoints/handwriting-prediction-smoke"
-    step, last = directory / "step=6.ckpt", directory / "last.ckpt"
+    runs = tmp_path / "killed/checkpoints/handwriting-prediction_smoke"
 
     def written() -> bool:  # step=6.ckpt, then last.ckpt after it (both renamed into place)
         try:
-            return last.stat().st_mtime_ns >= step.stat().st_mtime_ns
-        except FileNotFoundError:
+            (step,) = runs.glob("*/step=6.ckpt")
+            return (step.parent / "last.ckpt").stat().st_mtime_ns >= step.stat().st_mtime_ns
+        except (FileNotFoundError, ValueError):
             return False
 
     process = subprocess.Popen(repro_fit(tmp_path, "killed"), **run)
@@ -247,6 +247,8 @@ def test_sigkilled_fit_resumes_exactly_with_ckpt_path_last(tmp_path):
     assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
+    (directory,) = runs.iterdir()
+    last = directory / "last.ckpt"
     killed_at = torch.load(last, weights_only=False)
     assert killed_at["epoch"] < 5
     print(f"killed; last.ckpt at epoch {killed_at['epoch']}, step {killed_at['global_step']}")
@@ -254,13 +256,14 @@ def test_sigkilled_fit_resumes_exactly_with_ckpt_path_last(tmp_path):
                              **run)
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
 
-    whole = torch.load(tmp_path / "whole/checkpoints/handwriting-prediction-smoke/last.ckpt",
-                       weights_only=False)
+    (whole_last,) = (tmp_path / "whole/checkpoints").rglob("last.ckpt")
+    whole = torch.load(whole_last, weights_only=False)
     again = torch.load(last, weights_only=False)
     assert again["global_step"] == whole["global_step"]
     for key, value in whole["state_dict"].items():
         assert torch.equal(value, again["state_dict"][key]), key
     assert sorted(p.name for p in directory.glob("last*")) == ["last.ckpt"]
+    assert [p.name for p in runs.iterdir()] == [directory.name]  # the resume used the same folder
     states = whole["optimizer_states"][0]["state"], again["optimizer_states"][0]["state"]
     assert states[0].keys() == states[1].keys()
     for index, expected in states[0].items():

@@ -23,10 +23,11 @@ BN_LSTM_TINY = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3
 
 
 def finished_run(run_dir: Path, metric: str) -> WandbRun:
-    """The run read back once ``metric`` is in it (W&B's service may still be writing)."""
-    for _ in range(100):
+    """The run read back once it has finished and ``metric`` is in it (W&B's service process
+    writes the records after the training process has logged them)."""
+    for _ in range(300):
         run = read_run(run_dir)
-        if any(metric in row for row in run.history):
+        if run.exit_code is not None and any(metric in row for row in run.history):
             return run
         time.sleep(0.1)
     return run
@@ -202,11 +203,12 @@ def test_dashboard_without_wandb_workspaces_says_how_to_install(monkeypatch, cap
 
 def test_bench_layers_a_base_and_its_overlays(tmp_path):
     from reproductions.runner.bench import (BenchConfigError, bench_command, check_bench_configs,
-                                            config_label)
+                                            config_files)
+    from reproductions.runner.run_folder import config_label
 
     base, overlay = REPO / "configs/bn_lstm/seq_mnist.yaml", REPO / "configs/bn_lstm/lstm.yaml"
     config = f"{base},{overlay}"
-    assert config_label(config) == "bn_lstm-seq_mnist+lstm"
+    assert config_label(config_files(config)) == "bn_lstm-seq_mnist+lstm"
     command = bench_command(config, 1, tmp_path / "run", [])
     assert command[command.index("fit") + 1:command.index("fit") + 5] == [
         "-c", str(base), "-c", str(overlay)]

@@ -83,7 +83,9 @@ def test_fit_groups_tags_and_configures_the_wandb_run(tmp_path, monkeypatch):
     saved = yaml.safe_load((run_dir / "files/config.yaml").read_text())
     assert saved["model"]["init_args"]["hidden_size"] == 8
     assert not (tmp_path / "runs/config.yaml").exists()
-    assert (tmp_path / "runs/checkpoints/handwriting-prediction-smoke/last.ckpt").is_file()
+    # the checkpoints in a folder of this config and run: handwriting-prediction_smoke/<W&B id>
+    assert (tmp_path / f"runs/checkpoints/handwriting-prediction_smoke/{run.id}/last.ckpt"
+            ).is_file()
 
     # repro compare on this run and a CSV log: a plot per metric and the final values
     csv_dir = tmp_path / "csv_run"

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from .compare import headline, markdown_table, read_series
+from .run_folder import config_label
 
 
 class BenchConfigError(ValueError):
@@ -29,12 +30,6 @@ class BenchConfigError(ValueError):
 def config_files(config: str) -> list[Path]:
     """The YAML files of one bench config: ``a.yaml`` or ``base.yaml,overlay.yaml``."""
     return [Path(part) for part in config.split(",")]
-
-
-def config_label(config: str) -> str:
-    """``configs/bn_lstm/seq_mnist.yaml,configs/bn_lstm/lstm.yaml`` -> ``bn_lstm-seq_mnist+lstm``."""
-    files = config_files(config)
-    return f"{files[0].parent.name}-" + "+".join(f.stem for f in files)
 
 
 def bench_command(config: str, seed: int, save_dir: Path, extra: list[str]) -> list[str]:
@@ -88,7 +83,7 @@ def bench(configs: list[str], seeds: int, out: Path, extra: list[str]) -> Path:
         p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
     finals: dict[str, dict[str, list[float]]] = {}
     for config in configs:
-        stem = config_label(config)
+        stem = config_label(config_files(config))
         for seed in range(seeds):
             save_dir = out / f"{stem}-seed{seed}"
             command = bench_command(config, seed, save_dir, extra)

@@ -34,10 +34,13 @@ from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from .fault_tolerance import AtomicCheckpointIO, SkipNonFiniteSteps, StepSeeding
+from .fault_tolerance import (AtomicCheckpointIO, ConfiguredHyperparameters, SkipNonFiniteSteps,
+                              StepSeeding)
 from .optimizer_monitor import RMSpropMonitor
-from .tracking import (RUN_DIR, WANDB_PROJECT, ReproWandbLogger, RunConfigCallback, default_logger, offline_hint,
-                       optimizer_settings_check, run_identity)
+from .run_folder import RunKey, RunKeyCallback, config_label, new_run_id, newest_checkpoint, resumed_run
+from .tracking import (RUN_DIR, WANDB_PROJECT, DiscardFailedStarts, ReproWandbLogger,
+                       RunConfigCallback, default_logger, offline_hint, optimizer_settings_check,
+                       reproduction_of, run_identity, wandb_offline)
 
 WANDB_LOGGERS = ("pytorch_lightning.loggers.WandbLogger",
                  "pytorch_lightning.loggers.wandb.WandbLogger", "lightning.pytorch.loggers.WandbLogger")
@@ -53,28 +56,6 @@ WORKFLOW_COMMANDS = {
 # optimizer step and prints a code sample; that state is exactly what resuming needs.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
-def run_name(config: dict[str, Any]) -> str:
-    """The name that keeps a run's checkpoints apart: the logger's ``name``, else the config
-    file's stem, else the model's class."""
-    logger = (config.get("trainer") or {}).get("logger")
-    if isinstance(logger, dict) and (logger.get("init_args") or {}).get("name"):
-        return str(logger["init_args"]["name"])
-    configs = [c for c in config.get("config") or [] if c]
-    if configs:
-        return Path(str(configs[-1])).stem
-    return (config.get("model") or {}).get("class_path", "run").rsplit(".", 1)[-1].lower()
-
-
-def checkpoint_dir(config: dict[str, Any]) -> Path:
-    trainer = config.get("trainer") or {}
-    logger = trainer.get("logger")
-    save_dir = None
-    if isinstance(logger, dict):
-        save_dir = (logger.get("init_args") or {}).get("save_dir")
-    return Path(save_dir or trainer.get("default_root_dir") or RUN_DIR) / "checkpoints" / \
-        run_name(config)
-
-
 class ReproCLI(LightningCLI):
     """LightningCLI plus the experiment workflow of every ``repro fit`` (module docstring)."""
 
@@ -87,6 +68,11 @@ class ReproCLI(LightningCLI):
     def active_config(self) -> Any:
         return self.config[self.subcommand] if self.subcommand else self.config
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's LightningCLI replaces the model's config by the hyperparameters saved in
+        ``--ckpt_path``; here the config decides (``resolve_run`` refuses a checkpoint of another
+        config, ``ConfiguredHyperparameters`` applies changed optimizer settings)."""
+
     def before_instantiate_classes(self) -> None:
         config = self.active_config()
         plain = config.as_dict()
@@ -95,18 +81,54 @@ class ReproCLI(LightningCLI):
                              f"{plain['checkpoint_every_n_steps']}")
         optimizer_settings_check((plain.get("model") or {}).get("init_args") or {})
         logger = config.get("trainer.logger")
-        if logger is not None and not isinstance(logger, (bool, list)) and \
-                logger.get("class_path") in WANDB_LOGGERS + (REPRO_LOGGER,):
+        wandb_logger = logger is not None and not isinstance(logger, (bool, list)) and \
+            logger.get("class_path") in WANDB_LOGGERS + (REPRO_LOGGER,)
+        # "." is WandbLogger's own default (a YAML naming that class): no folder was given.
+        given_save_dir = logger.init_args.get("save_dir") if wandb_logger else None
+        given_save_dir = None if given_save_dir == "." else given_save_dir
+        self.checkpoint_root = Path(given_save_dir or plain["trainer"].get("default_root_dir")
+                                    or RUN_DIR)
+        self.run_key = self.resolve_run(plain)
+        if wandb_logger:
             logger.class_path = REPRO_LOGGER
             for key, value in run_identity(plain).items():
                 if not logger.init_args.get(key):
                     logger.init_args[key] = value
-            if logger.init_args.get("offline") and not os.environ.get("WANDB_MODE"):
-                print(offline_hint(logger.init_args.get("save_dir") or RUN_DIR), file=sys.stderr)
+            # W&B's conventions: an explicit save_dir, else WANDB_DIR, else the trainer's root;
+            # WANDB_MODE, when set, decides the mode (an explicit offline=True would override it).
+            logger.init_args.save_dir = given_save_dir or os.environ.get("WANDB_DIR") or \
+                str(self.checkpoint_root)
+            logger.init_args.offline = wandb_offline() and not os.environ.get("WANDB_MODE")
+            logger.init_args.id = self.run_key.run_id
+            logger.init_args.resume = "allow"  # a resumed run continues the same W&B run
+            if not logger.init_args.get("name"):
+                logger.init_args.name = self.run_key.config
+            if logger.init_args.offline:
+                print(offline_hint(logger.init_args.save_dir), file=sys.stderr)
+
+    def resolve_run(self, plain: dict[str, Any]) -> RunKey:
+        """This launch's run key. ``fit --ckpt_path last`` continues the newest run of the same
+        reproduction and config, ``fit --ckpt_path FILE`` the run that wrote FILE (refused when
+        another reproduction or config wrote it); anything else is a new run. The resolved
+        checkpoint replaces ``ckpt_path`` in the config."""
+        reproduction, config = reproduction_of(plain), config_label(plain.get("config") or [])
+        ckpt_path = plain.get("ckpt_path") if self.subcommand == "fit" else None
+        if ckpt_path == "last":
+            ckpt_path = newest_checkpoint(self.checkpoint_root, config)
+            if ckpt_path is None:
+                print(f"--ckpt_path last: no run of {reproduction} with config {config} under "
+                      f"{self.checkpoint_root / 'checkpoints'}; starting a new run",
+                      file=sys.stderr)
+            self.active_config()["ckpt_path"] = str(ckpt_path) if ckpt_path else None
+        if not ckpt_path:
+            return RunKey(reproduction, config, new_run_id())
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+        return resumed_run(Path(ckpt_path), reproduction, config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         plain = self.active_config().as_dict()
-        directory = checkpoint_dir(plain)
+        directory = self.run_key.directory(self.checkpoint_root)
         callbacks = [
             # An epoch-end checkpoint, and last.ckpt beside every save of either callback (no
             # version counter: both write the one last.ckpt, which is then always the newest
@@ -117,14 +139,27 @@ class ReproCLI(LightningCLI):
                             enable_version_counter=False),
             StepSeeding(plain.get("seed_everything") if isinstance(
                 plain.get("seed_everything"), int) else None),
+            RunKeyCallback(self.run_key),
+            ConfiguredHyperparameters(),
+            DiscardFailedStarts(),
         ]
         if plain.get("checkpoint_every_n_steps"):
             callbacks.append(ModelCheckpoint(
                 dirpath=directory, filename="{step}", save_top_k=1, save_last=True,
                 every_n_train_steps=plain["checkpoint_every_n_steps"],
                 enable_version_counter=False))
+        for callback in self._get(self.config_init, "trainer", default={}).get("callbacks") or []:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(directory)  # a config's best-model checkpoints: same folder
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
         return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        """The data is read before the logger starts a W&B run: a missing or corrupt dataset
+        leaves no empty run behind (datamodules' setup is idempotent; fit's own call is free)."""
+        if self.datamodule is not None:
+            self.datamodule.prepare_data()
+            self.datamodule.setup("fit")
 
 
 def workflow_parser() -> argparse.ArgumentParser:

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning.utilities import rank_zero_info
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -111,6 +112,52 @@ class SkipNonFiniteSteps(Callback):
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.skipped = state_dict["skipped"]
         self.consecutive = state_dict.get("consecutive", 0)  # older checkpoints lack it
+
+
+class ConfiguredHyperparameters(Callback):
+    """A resumed run trains with the optimizer settings of its config, and says so where they
+    differ from the checkpoint's.
+
+    Loading an optimizer's state dict brings back the settings saved with it (lr, alpha, eps,
+    momentum, ...), so ``--model.optimizer.init_args.lr 1e-2 --ckpt_path last`` would go on at
+    the checkpoint's lr while the run's config (and W&B) show 1e-2. The settings each optimizer
+    was built with are read before the checkpoint loads (``on_fit_start``) and put back after it.
+    """
+
+    def __init__(self) -> None:
+        self.configured: list[list[dict[str, Any]]] = []
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.configured = [[{key: value.clone() if isinstance(value, torch.Tensor) else value
+                             for key, value in group.items() if key != "params"}
+                            for group in optimizer.param_groups]
+                           for optimizer in trainer.optimizers]
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.ckpt_path:
+            return
+        for index, (optimizer, groups) in enumerate(zip(trainer.optimizers, self.configured)):
+            for number, (group, configured) in enumerate(zip(optimizer.param_groups, groups)):
+                for key, value in configured.items():
+                    if key in group and not same_setting(group[key], value):
+                        rank_zero_info(f"resume: optimizer {index} group {number}: {key} = "
+                                       f"{plain(value)} from the config (the checkpoint had "
+                                       f"{plain(group[key])})")
+                        if isinstance(group[key], torch.Tensor):
+                            group[key].copy_(value)
+                        else:
+                            group[key] = value
+
+
+def same_setting(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.equal(torch.as_tensor(a, dtype=torch.float64),
+                           torch.as_tensor(b, dtype=torch.float64))
+    return a == b
+
+
+def plain(value: Any) -> Any:
+    return value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
 
 
 def step_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:

@@ -20,12 +20,15 @@ import inspect
 import json
 import netrc
 import os
+import shutil
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import torch
-from pytorch_lightning import LightningModule, Trainer
+from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
@@ -87,12 +90,17 @@ def optimizer_tags(class_path: str, settings: Mapping[str, Any]) -> list[str]:
     return tags
 
 
+def reproduction_of(config: Mapping[str, Any]) -> str:
+    """The reproduction a parsed config runs: the module of its LightningModule (``wgan``)."""
+    class_path = (config.get("model") or {}).get("class_path") or "model"
+    return class_path.rsplit(".", 2)[-2] if "." in class_path else class_path
+
+
 def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """W&B ``group``, ``job_type`` and ``tags`` of a parsed ``repro fit`` config (a plain dict)."""
     model = config.get("model") or {}
     data = config.get("data") or {}
-    model_path = model.get("class_path", "")
-    group = model_path.rsplit(".", 2)[-2] if model_path.count(".") >= 1 else model_path
+    group = reproduction_of(config)
     data_args = data.get("init_args") or {}
     job_type = str(data_args.get("dataset") or data.get("class_path", "").rsplit(".", 1)[-1])
     entries = optimizer_entries(model.get("init_args") or {})
@@ -106,14 +114,18 @@ def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
 
 class ReproWandbLogger(WandbLogger):
     """WandbLogger with W&B's ``group``, ``job_type`` and ``tags``, and min/max summaries declared
-    for headline metrics. Every other argument is WandbLogger's."""
+    for headline metrics. Every other argument is WandbLogger's; ``save_dir`` defaults to None
+    (WandbLogger's is "."), so that ``repro`` can tell a folder the user gave from none."""
 
-    def __init__(self, *, group: str | None = None, job_type: str | None = None,
-                 tags: list[str] | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, save_dir: str | None = None, group: str | None = None,
+                 job_type: str | None = None, tags: list[str] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(save_dir=save_dir or ".", **kwargs)
         for key, value in (("group", group), ("job_type", job_type), ("tags", tags)):
             if value:
                 self._wandb_init[key] = value
+        # A resumed repro run passes its W&B id again: continue that run, do not start another.
+        self._wandb_init["resume"] = "allow"
         self._declared: set[str] = set()
 
     @rank_zero_only
@@ -164,10 +176,9 @@ def wandb_offline() -> bool:
 
 
 def default_logger() -> dict:
-    return {
-        "class_path": f"{ReproWandbLogger.__module__}.{ReproWandbLogger.__qualname__}",
-        "init_args": {"project": WANDB_PROJECT, "save_dir": RUN_DIR, "offline": wandb_offline()},
-    }
+    """W&B in project rmsprop-repro; the CLI fills in the run's id, folder and mode."""
+    return {"class_path": f"{ReproWandbLogger.__module__}.{ReproWandbLogger.__qualname__}",
+            "init_args": {"project": WANDB_PROJECT}}
 
 
 def offline_hint(save_dir: str) -> str:
@@ -208,3 +219,34 @@ def optimizer_settings_check(model_init_args: Mapping[str, Any]) -> None:
         except (ValueError, TypeError) as error:
             raise ValueError(f"model.init_args.{argument} ({class_path}): {error}") from error
 
+
+class DiscardFailedStarts(Callback):
+    """A run that fails before its first training step (a model that does not fit the data, a
+    checkpoint that does not load) leaves no W&B run behind to upload: its offline folder is
+    deleted, an online run is finished as failed. A run that has trained keeps its W&B run."""
+
+    def __init__(self) -> None:
+        self.trained = False
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self.trained = True
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule,
+                     exception: BaseException) -> None:
+        if self.trained or not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if not isinstance(logger, WandbLogger) or logger._experiment is None:
+                continue
+            run = logger.experiment
+            folder = Path(run.dir).parent
+            offline = run.settings.mode == "offline"
+            run.finish(exit_code=1)
+            if offline:
+                shutil.rmtree(folder, ignore_errors=True)
+                print(f"W&B: the run failed before training; removed its offline folder {folder}",
+                      file=sys.stderr)
+            else:
+                print(f"W&B: the run failed before training; run {run.id} is marked failed",
+                      file=sys.stderr)

@@ -86,6 +86,7 @@ class WandbRun:
     summary: dict[str, Any] = field(default_factory=dict)
     metric_summaries: dict[str, set[str]] = field(default_factory=dict)
     step_metrics: dict[str, str] = field(default_factory=dict)
+    exit_code: int | None = None  # set once the run has finished (its exit record)
 
     @property
     def label(self) -> str:
@@ -139,6 +140,8 @@ def read_run(directory: Path | str) -> WandbRun:
                 run.metric_summaries.setdefault(name, set()).update(kinds)
             if metric.step_metric:
                 run.step_metrics[name] = metric.step_metric
+        elif kind == "exit":
+            run.exit_code = record.exit.exit_code
         elif kind == "telemetry" or kind is None:
             continue
     return run
