@@ -71,8 +71,11 @@ def init_dcgan_weights(module: nn.Module) -> None:
 
 
 def check_dcgan_size(image_size: int) -> None:
-    if image_size < 16 or image_size % 16:
-        raise ValueError(f"WGAN: DCGAN networks need image_size a multiple of 16, got {image_size}")
+    """The DCGAN networks double (halve) the size from (to) 4 x 4 at every layer, with at least two
+    such layers: image_size = 4 * 2^k, k >= 2."""
+    if image_size < 16 or image_size & (image_size - 1):
+        raise ValueError(f"WGAN: DCGAN networks need image_size = 4 * 2^k >= 16 (16, 32, 64, "
+                         f"128, ...), got {image_size}")
 
 
 class DCGANGenerator(nn.Module):
