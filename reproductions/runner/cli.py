@@ -34,6 +34,7 @@ from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from . import user_errors
 from .fault_tolerance import (AtomicCheckpointIO, ConfiguredHyperparameters, SkipNonFiniteSteps,
                               StepSeeding)
 from .optimizer_monitor import RMSpropMonitor
@@ -229,15 +230,23 @@ def run_workflow_command(argv: list[str]) -> int:
 
 def console_main() -> None:
     """The ``repro`` console script: runs ``main`` and returns nothing, so that the process exits
-    with 0 (a console script passes its function's return value to ``sys.exit``)."""
-    main()
+    with 0 (a console script passes its function's return value to ``sys.exit``). A user error
+    ends as one line on stderr (``user_errors``); ``--debug`` or ``REPRO_DEBUG=1`` shows the
+    traceback."""
+    if user_errors.take_debug_flag(sys.argv):
+        os.environ[user_errors.DEBUG_VARIABLE] = "1"
+    with user_errors.reported():
+        main()
 
 
+@user_errors.usage_errors_reported()
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI | None:
-    """Entry point of ``repro`` and ``python -m reproductions``."""
+    """Entry point of ``repro`` and ``python -m reproductions``. An error in the command line or a
+    config ends as one line and exit status 2; other errors are raised."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] in WORKFLOW_COMMANDS:
         raise SystemExit(run_workflow_command(argv))
+    user_errors.check_config_files(argv)
     epilog = "other commands:\n" + "\n".join(f"  {name:<10} {text}" for name, text in
                                               WORKFLOW_COMMANDS.items())
     return ReproCLI(
@@ -246,7 +255,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI | None
         subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
-        parser_kwargs={"parser_mode": "omegaconf", "epilog": epilog,
+        parser_kwargs={"parser_mode": "omegaconf", "epilog": epilog, "exit_on_error": False,
                        "formatter_class": argparse.RawDescriptionHelpFormatter},
         trainer_defaults={"logger": default_logger(), "default_root_dir": RUN_DIR,
                           # as a class_path, not an instance: the saved config stays serialisable
