@@ -136,3 +136,18 @@ def test_the_console_command_prints_exactly_one_line():
     assert result.stderr.splitlines() == [
         user_errors.PREFIX + "--model.init_args.bogus 1: reproductions.wgan.WGAN has no argument "
         "'bogus'; it takes " + ", ".join(user_errors.argument_names("reproductions.wgan.WGAN"))]
+
+
+@pytest.mark.parametrize("args, status, expected", [
+    ([*WGAN_SMOKE, "--data.dataset", "folder", "--data.root", "{tmp}/no_such_folder",
+      "--model.channels", "3"], 1, "folder: {tmp}/no_such_folder is not a directory"),
+    (["fit", "-c", str(REPO / "configs/char_rnn/smoke.yaml"), "--trainer.logger", "false",
+      "--data.corpus", "text", "--data.path", "{tmp}/no_such.txt"], 2,
+     "text: path '{tmp}/no_such.txt' does not exist"),
+])
+def test_a_missing_dataset_ends_in_one_line(monkeypatch, capsys, tmp_path, args, status,
+                                            expected):
+    monkeypatch.chdir(tmp_path)
+    code, stderr = run_console(monkeypatch, capsys, *[a.format(tmp=tmp_path) for a in args])
+    assert code == status
+    assert expected.format(tmp=tmp_path) in error_line(stderr)
