@@ -8,18 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import write_png_folder
+from helpers import TINY_BN_LSTM, write_png_folder
 from reproductions.runner import dashboard
 from reproductions.runner.cli import main
 from reproductions.runner.wandb_records import WandbRun, read_run
 
 REPO = Path(__file__).resolve().parents[1]
-BN_LSTM_TINY = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
-                "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
-                "--trainer.enable_progress_bar", "false", "--data.init_args.batch_size", "16",
-                "--data.init_args.pixels_per_step", "112", "--model.init_args.input_size", "112",
-                "--model.init_args.t_max", "7", "--model.init_args.hidden_size", "8",
-                "--optimizer_monitor.every_n_steps", "1"]
 
 
 def finished_run(run_dir: Path, metric: str) -> WandbRun:
@@ -66,7 +60,7 @@ def test_bench_tabulates_mean_and_sample_std_of_the_seeds_runs(tmp_path, monkeyp
     config = str(REPO / "configs/bn_lstm/smoke.yaml")  # no logger in the YAML: the default one
     with pytest.raises(SystemExit) as exit_info:
         main(args=["bench", "-c", config, "--seeds", "2", "--out", str(tmp_path / "bench"), "--",
-                   *BN_LSTM_TINY])
+                   *TINY_BN_LSTM])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     text = (tmp_path / "bench/bench.md").read_text()

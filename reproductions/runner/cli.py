@@ -36,7 +36,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from . import user_errors
 from .fault_tolerance import (AtomicCheckpointIO, ConfiguredHyperparameters, SkipNonFiniteSteps,
-                              StepSeeding)
+                              StepSeeding, intact_checkpoint)
 from .optimizer_monitor import RMSpropMonitor
 from .run_folder import RunKey, RunKeyCallback, config_label, new_run_id, newest_checkpoint, resumed_run
 from .tracking import (RUN_DIR, WANDB_PROJECT, DiscardFailedStarts, ReproWandbLogger,
@@ -125,7 +125,9 @@ class ReproCLI(LightningCLI):
             return RunKey(reproduction, config, new_run_id())
         if not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
-        return resumed_run(Path(ckpt_path), reproduction, config)
+        ckpt_path = intact_checkpoint(ckpt_path)  # a damaged one: the newest intact beside it
+        self.active_config()["ckpt_path"] = str(ckpt_path)
+        return resumed_run(ckpt_path, reproduction, config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         plain = self.active_config().as_dict()
