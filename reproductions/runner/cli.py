@@ -38,6 +38,7 @@ from . import user_errors
 from .fault_tolerance import (AtomicCheckpointIO, ConfiguredHyperparameters, SkipNonFiniteSteps,
                               StepSeeding, intact_checkpoint)
 from .optimizer_monitor import RMSpropMonitor
+from .progress import progress_bars
 from .run_folder import RunKey, RunKeyCallback, config_label, new_run_id, newest_checkpoint, resumed_run
 from .tracking import (RUN_DIR, WANDB_PROJECT, DiscardFailedStarts, ReproWandbLogger,
                        RunConfigCallback, default_logger, offline_hint, optimizer_settings_check,
@@ -145,6 +146,7 @@ class ReproCLI(LightningCLI):
             RunKeyCallback(self.run_key),
             ConfiguredHyperparameters(),
             DiscardFailedStarts(),
+            *progress_bars(plain.get("trainer") or {}),
         ]
         if plain.get("checkpoint_every_n_steps"):
             callbacks.append(ModelCheckpoint(
@@ -172,8 +174,8 @@ def workflow_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help=WORKFLOW_COMMANDS["compare"],
                                   description=WORKFLOW_COMMANDS["compare"])
     compare.add_argument("runs", nargs="+", type=Path, metavar="RUN",
-                         help="a W&B run directory (runs/wandb/offline-run-*) or a Lightning CSV "
-                              "log (metrics.csv or its folder)")
+                         help="a W&B run directory (runs/wandb/offline-run-*), a Lightning CSV "
+                              "log (metrics.csv or its folder), or a folder of runs (runs/wandb)")
     compare.add_argument("--out", type=Path, default=Path("comparison"),
                          help="folder for the PNGs and final_metrics.md (default: %(default)s)")
     compare.add_argument("--metrics", nargs="*", metavar="METRIC",
