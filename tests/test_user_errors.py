@@ -37,7 +37,8 @@ def error_line(stderr: str) -> str:
     (["--model.init_args.bogus", "1"],
      "--model.init_args.bogus 1: reproductions.wgan.WGAN has no argument 'bogus'; it takes "
      "generator, critic, image_size,"),
-    (["--model.init_args.clip_valu", "0.1"], "has no argument 'clip_valu' (did you mean clip_value?)"),
+    (["--model.init_args.clip_valu", "0.1"],
+     "has no argument 'clip_valu' (did you mean clip_value?)"),
     (["--model.critic_optimizer.class_path", "optimizers.presets.Nope"],
      "--model.init_args.critic_optimizer optimizers.presets.Nope: optimizers.presets has no Nope; "
      "accepted: optimizers.presets.Pytorch, optimizers.presets.Hinton,"),

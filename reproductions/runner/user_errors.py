@@ -160,6 +160,7 @@ NOISE = re.compile(r"^(Does not validate against any of the Union subtypes|Subty
                    r"Expected a <class '(NoneType|bool)'>)$")
 PARSER_KEY = re.compile(r'^Parser key "([^"]+)":\s*(.*)$')
 CLASS_PROBLEM = re.compile(r"^Problem with given class_path '([^']+)':$")
+OPTION_REFUSED = re.compile(r"Option '([^']+)' is not accepted")
 CALLABLE_PREFIX = re.compile(r"^Type typing\.Callable\[\[.*?\], ([\w.]+)\] expects a function or "
                              r"a callable class: ")
 
@@ -225,7 +226,7 @@ def classes_of(module_name: str, base: type | None) -> list[str]:
 
 def explained(leaf: str, classes: list[str], base: str | None) -> tuple[str | None, str]:
     """(the value the leaf names, what is wrong and what is accepted) for one leaf message."""
-    if match := re.search(r"Option '([^']+)' is not accepted", leaf):
+    if match := OPTION_REFUSED.search(leaf):
         option = match.group(1)
         owner = (re.findall(r"class_path='([^']+)'", leaf) or classes or ["the class"])[-1]
         names = argument_names(owner)
@@ -276,17 +277,15 @@ def condensed(message: str) -> str:
             classes.append(match.group(1))
             keys.append("init_args")
         if match := CALLABLE_PREFIX.match(line):
-            base = match.group(1)
-        elif match := re.match(r"Subtypes: \[<class '([\w.]+)'>", line):
-            base = match.group(1)
+            base = match.group(1)  # the innermost expected type: an optimizer's
     subtypes = re.search(r"Subtypes: \[<class '([\w.]+)'>", message)
     base = base or (subtypes.group(1) if subtypes else None)
     leaf = CALLABLE_PREFIX.sub("", PARSER_KEY.sub(r"\2", path[-1]))
     value, explanation = explained(leaf, classes, base)
-    if match := re.search(r"Option '([^']+)' is not accepted", leaf):
+    if match := OPTION_REFUSED.search(leaf):
         keys += ["init_args", match.group(1)] if "class_path=" in leaf else [match.group(1)]
-    given = re.search(r"^\s*Given value: (NestedArg\(key='[^']*', val='(.*)'\)|([^(\n]*))$", message,
-                      re.M)
+    given = re.search(r"^\s*Given value: (NestedArg\(key='[^']*', val='(.*)'\)|([^(\n]*))$",
+                      message, re.M)
     if given:
         value = given.group(2) if given.group(2) is not None else given.group(3)
     option = "--" + ".".join(key for index, key in enumerate(keys)
