@@ -256,7 +256,7 @@ def test_repro_fit_resumes_from_the_newest_intact_checkpoint_past_a_truncated_la
     fit = ["fit", "-c", str(REPO / "configs/bn_lstm/smoke.yaml"), *TINY_BN_LSTM,
            "--trainer.logger", "false", "--checkpoint_every_n_steps", "2"]
     main(fit)  # 3 steps: step=2.ckpt, then epoch0-end.ckpt and last.ckpt at step 3
-    (last,) = tmp_path.glob("**/last.ckpt")
+    (last,) = Path().glob("**/last.ckpt")  # relative to the run's folder, as the run names it
     epoch_end, step_2 = last.parent / "epoch0-end.ckpt", last.parent / "step=2.ckpt"
     assert torch.load(epoch_end, weights_only=False)["global_step"] == 3
     os.utime(step_2, (1e9, 1e9))
@@ -265,13 +265,14 @@ def test_repro_fit_resumes_from_the_newest_intact_checkpoint_past_a_truncated_la
     capsys.readouterr()
 
     resumed = main([*fit, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
-    assert f"repro: checkpoint {last} is damaged (not a complete zip archive" in \
+    assert f"repro: checkpoint {last} is damaged (not a complete zip archive: File is not a zip " \
+        f"file); resuming from {epoch_end}, the newest intact checkpoint beside it" in \
         capsys.readouterr().err
-    assert resumed.trainer.ckpt_path == str(epoch_end)
+    assert Path(resumed.trainer.ckpt_path) == epoch_end
     assert resumed.trainer.global_step == 6  # epoch 1's three steps after the three restored
     truncate(epoch_end)
     explicit = main([*fit, "--trainer.max_epochs", "2", "--ckpt_path", str(epoch_end)])
-    assert explicit.trainer.ckpt_path != str(epoch_end)  # an intact one beside it, named
+    assert Path(explicit.trainer.ckpt_path) != epoch_end  # an intact one beside it, named
     assert f"repro: checkpoint {epoch_end} is damaged" in capsys.readouterr().err
 
 
