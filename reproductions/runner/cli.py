@@ -10,7 +10,9 @@
 
 Model and data are chosen in subclass mode (``class_path``), configs are parsed with omegaconf
 interpolation, and runs log to Weights & Biases: online when the user is logged in, offline
-otherwise (``wandb sync`` uploads an offline run later).
+otherwise (``wandb sync`` uploads an offline run later). A command that cannot run as given ends
+in one line naming the option (``user_errors``); the progress bar counts in the reproduction's own
+unit where it has one (``progress``).
 
 Every ``fit`` also gets (see ``tracking``, ``optimizer_monitor``, ``fault_tolerance``):
 W&B group/job_type/tags and the resolved config in the run's config; ``RMSpropMonitor``
