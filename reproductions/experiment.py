@@ -3,14 +3,17 @@
 Each paper module (``wgan``, ``char_rnn``, ``handwriting``, ``bn_lstm``) exports ``DASHBOARD``, a
 :class:`Dashboard`: the panels of the paper's figures, the x-axis its curves are drawn against,
 and the model arguments that build its optimizers. ``repro dashboard`` and ``repro compare`` read
-it (``reproductions.runner``), so the runner names no paper.
+it (``reproductions.runner``), so the runner names no paper. A module whose unit of progress is
+not the batch has a ``progress`` property, a :class:`Progress`, that the runner's progress bar
+counts in.
 
 ``run_directory`` is the one place a module asks where to write pictures and samples.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytorch_lightning import Trainer
@@ -40,6 +43,17 @@ class Dashboard:
     panels: tuple[Panel, ...]
     x: str = STEP
     optimizer_arguments: tuple[str, ...] = ("optimizer",)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far training is in the paper's own unit: ``done`` of ``total`` ``unit`` (None: no
+    limit), and ``values`` to show beside the count (those not already logged to the bar)."""
+
+    unit: str
+    done: int
+    total: int | None = None
+    values: Mapping[str, float] = field(default_factory=dict)
 
 
 def run_directory(trainer: Trainer) -> Path:

@@ -37,7 +37,7 @@ from torchvision.utils import make_grid, save_image
 
 from datamodules.images import ImageDataModule
 from optimizers import presets
-from reproductions.experiment import Dashboard, Panel, run_directory
+from reproductions.experiment import Dashboard, Panel, Progress, run_directory
 from reproductions.frechet import FrechetScore
 
 NetworkName = Literal["dcgan", "dcgan_no_bn", "mlp"]
@@ -71,8 +71,11 @@ def init_dcgan_weights(module: nn.Module) -> None:
 
 
 def check_dcgan_size(image_size: int) -> None:
-    if image_size < 16 or image_size % 16:
-        raise ValueError(f"WGAN: DCGAN networks need image_size a multiple of 16, got {image_size}")
+    """The DCGAN networks double (halve) the size from (to) 4 x 4 at every layer, with at least two
+    such layers: image_size = 4 * 2^k, k >= 2."""
+    if image_size < 16 or image_size & (image_size - 1):
+        raise ValueError(f"WGAN: DCGAN networks need image_size = 4 * 2^k >= 16 (16, 32, 64, "
+                         f"128, ...), got {image_size}")
 
 
 class DCGANGenerator(nn.Module):
@@ -261,6 +264,7 @@ class WGAN(pl.LightningModule):
         self.cycle_critic_steps = 0
         self.cycle_cosines: list[float] = []
         self.frechet: FrechetScore | None = None
+        self.last_frechet_distance: float | None = None
 
     def _validate(self) -> None:
         h = self.hparams
@@ -348,6 +352,15 @@ class WGAN(pl.LightningModule):
             rank_zero_info("WGAN: DDP with find_unused_parameters=True (each step trains one "
                            "network); the same as --trainer.strategy "
                            "ddp_find_unused_parameters_true")
+
+    @property
+    def progress(self) -> Progress:
+        """For the progress bar: generator iterations (the paper's unit; each batch is one critic
+        iteration) toward max_generator_iterations, and the last Frechet distance."""
+        values = {} if self.last_frechet_distance is None else {
+            "Frechet": self.last_frechet_distance}
+        return Progress("generator iterations", self.generator_iterations,
+                        self.hparams.max_generator_iterations, values)
 
     def on_fit_start(self) -> None:
         if self.hparams.frechet_every:
@@ -447,7 +460,9 @@ class WGAN(pl.LightningModule):
     @torch.no_grad()
     def frechet_distance(self) -> float:
         """Frechet distance between ``frechet_samples`` generated images and the real ones."""
-        return self.frechet(self.generator, self.noise, self.hparams.frechet_samples)
+        self.last_frechet_distance = self.frechet(self.generator, self.noise,
+                                                  self.hparams.frechet_samples)
+        return self.last_frechet_distance
 
     # ------------------------------------------------------------------ checkpointing
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

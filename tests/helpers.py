@@ -105,3 +105,12 @@ TINY_HANDWRITING = [
     "--data.init_args.batch_size", "8", "--model.init_args.hidden_size", "8",
     "--model.init_args.num_mixtures", "2", "--model.init_args.picture_every_n_epochs", "0",
     "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]
+
+# A BN-LSTM run on mnist5k small enough for a test: 3 batches of 16, 7 steps of 112 pixels.
+TINY_BN_LSTM = [
+    "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+    "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+    "--trainer.enable_progress_bar", "false", "--data.init_args.batch_size", "16",
+    "--data.init_args.pixels_per_step", "112", "--model.init_args.input_size", "112",
+    "--model.init_args.t_max", "7", "--model.init_args.hidden_size", "8",
+    "--optimizer_monitor.every_n_steps", "1"]

@@ -17,9 +17,12 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.resumable_sampler import resumable_train_sampler
+from helpers import TINY_BN_LSTM
 from optimizers import presets
+from reproductions.runner.cli import main
 from reproductions.runner.fault_tolerance import (AtomicCheckpointIO, NonFiniteTrainingError,
-                                           SkipNonFiniteSteps, StepSeeding)
+                                                  SkipNonFiniteSteps, StepSeeding,
+                                                  checkpoint_damage, intact_checkpoint)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -207,6 +210,70 @@ def test_a_killed_fit_resumes_exactly_from_any_checkpoint(tmp_path, checkpoint,
         assert state.keys() == expected.keys()
         for key in expected:
             assert torch.equal(state[key], expected[key]), key
+
+
+def truncate(path: Path) -> None:
+    """Cut ``path`` to half its size, as a full disk or an interrupted copy does."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_intact_checkpoint_names_the_damage_and_takes_the_newest_intact_one(tmp_path, capsys):
+    noisy_fit(tmp_path)  # step=1..18.ckpt and epoch0..2-end.ckpt, real Lightning checkpoints
+    newest = [tmp_path / name for name in ("step=18.ckpt", "step=17.ckpt", "step=16.ckpt")]
+    for age, path in enumerate(newest):  # one second apart, whatever the clock's resolution
+        os.utime(path, (1e9 - age, 1e9 - age))
+    for path in tmp_path.glob("*.ckpt"):
+        if path not in newest:
+            os.utime(path, (1e9 - 10, 1e9 - 10))
+    assert intact_checkpoint(newest[0]) == newest[0] and not capsys.readouterr().err
+
+    truncate(newest[0])
+    corrupt = bytearray(newest[1].read_bytes())  # one bit of a weight: torch.load would not see
+    weight = torch.load(newest[1], weights_only=False)["state_dict"]["net.0.weight"]
+    offset = corrupt.find(weight.numpy().tobytes()[:8])
+    assert offset > 0
+    corrupt[offset] ^= 1
+    newest[1].write_bytes(corrupt)
+    assert intact_checkpoint(newest[0]) == newest[2]
+    assert capsys.readouterr().err.splitlines() == [
+        f"repro: checkpoint {newest[0]} is damaged (not a complete zip archive: File is not a zip "
+        f"file); resuming from {newest[2]}, the newest intact checkpoint beside it"]
+    assert "fails its CRC check" in checkpoint_damage(newest[1])
+
+    for path in tmp_path.glob("*.ckpt"):
+        truncate(path)
+    with pytest.raises(RuntimeError, match=r"step=18.ckpt is damaged .* no checkpoint beside it "
+                                           r"is intact; start afresh without --ckpt_path"):
+        intact_checkpoint(newest[0])
+    with pytest.raises(FileNotFoundError, match="--ckpt_path .*nope.ckpt: no such checkpoint"):
+        intact_checkpoint(tmp_path / "nope.ckpt")
+
+
+def test_repro_fit_resumes_from_the_newest_intact_checkpoint_past_a_truncated_last_ckpt(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    fit = ["fit", "-c", str(REPO / "configs/bn_lstm/smoke.yaml"), *TINY_BN_LSTM,
+           "--trainer.logger", "false", "--checkpoint_every_n_steps", "2"]
+    main(fit)  # 3 steps: step=2.ckpt, then epoch0-end.ckpt and last.ckpt at step 3
+    (last,) = Path().glob("**/last.ckpt")  # relative to the run's folder, as the run names it
+    epoch_end, step_2 = last.parent / "epoch0-end.ckpt", last.parent / "step=2.ckpt"
+    assert torch.load(epoch_end, weights_only=False)["global_step"] == 3
+    os.utime(step_2, (1e9, 1e9))
+    os.utime(epoch_end, (1e9 + 1, 1e9 + 1))
+    truncate(last)
+    capsys.readouterr()
+
+    resumed = main([*fit, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert f"repro: checkpoint {last} is damaged (not a complete zip archive: File is not a zip " \
+        f"file); resuming from {epoch_end}, the newest intact checkpoint beside it" in \
+        capsys.readouterr().err
+    assert Path(resumed.trainer.ckpt_path) == epoch_end
+    assert resumed.trainer.global_step == 6  # epoch 1's three steps after the three restored
+    truncate(epoch_end)
+    explicit = main([*fit, "--trainer.max_epochs", "2", "--ckpt_path", str(epoch_end)])
+    assert Path(explicit.trainer.ckpt_path) != epoch_end  # an intact one beside it, named
+    assert f"repro: checkpoint {epoch_end} is damaged" in capsys.readouterr().err
 
 
 def repro_fit(tmp_path: Path, save_dir: str, *extra: str) -> list[str]:

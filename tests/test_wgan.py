@@ -48,6 +48,22 @@ def test_dcgan_64_has_the_reference_widths_and_no_biases():
     assert critic(images).shape == (2,)
 
 
+@pytest.mark.parametrize("size", [16, 32, 64, 128])
+def test_dcgan_sizes_4_times_a_power_of_2_give_one_score_per_image(size):
+    generator, critic = DCGANGenerator(8, 1, size, ngf=4), DCGANCritic(1, size, ndf=4)
+    images = generator(torch.randn(2, 8))
+    assert images.shape == (2, 1, size, size) and critic(images).shape == (2,)
+
+
+@pytest.mark.parametrize("size", [8, 24, 48, 80, 96])
+def test_other_dcgan_sizes_are_refused_when_built(size):
+    # 48 passed the old multiple-of-16 check, then failed in the critic's last convolution
+    # (a 3x3 map under a 4x4 kernel) when training started
+    for network in (lambda: DCGANGenerator(8, 1, size), lambda: DCGANCritic(1, size)):
+        with pytest.raises(ValueError, match=rf"image_size = 4 \* 2\^k >= 16 .*got {size}"):
+            network()
+
+
 def test_dcgan_32_and_no_batchnorm_variants():
     generator = DCGANGenerator(100, 1, 32, ngf=64, batchnorm=False)
     critic = DCGANCritic(1, 32, ndf=64, batchnorm=False)

@@ -2,24 +2,22 @@
 ``repro dashboard`` builders checked against what each reproduction logs, offline."""
 
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import write_png_folder
+from helpers import TINY_BN_LSTM, write_png_folder
 from reproductions.runner import dashboard
 from reproductions.runner.cli import main
 from reproductions.runner.wandb_records import WandbRun, read_run
 
 REPO = Path(__file__).resolve().parents[1]
-BN_LSTM_TINY = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
-                "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
-                "--trainer.enable_progress_bar", "false", "--data.init_args.batch_size", "16",
-                "--data.init_args.pixels_per_step", "112", "--model.init_args.input_size", "112",
-                "--model.init_args.t_max", "7", "--model.init_args.hidden_size", "8",
-                "--optimizer_monitor.every_n_steps", "1"]
 
 
 def finished_run(run_dir: Path, metric: str) -> WandbRun:
@@ -66,7 +64,7 @@ def test_bench_tabulates_mean_and_sample_std_of_the_seeds_runs(tmp_path, monkeyp
     config = str(REPO / "configs/bn_lstm/smoke.yaml")  # no logger in the YAML: the default one
     with pytest.raises(SystemExit) as exit_info:
         main(args=["bench", "-c", config, "--seeds", "2", "--out", str(tmp_path / "bench"), "--",
-                   *BN_LSTM_TINY])
+                   *TINY_BN_LSTM])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     text = (tmp_path / "bench/bench.md").read_text()
@@ -113,6 +111,61 @@ def test_bench_refuses_a_config_without_a_logger(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(args=["bench", "-c", str(config), "--out", str(tmp_path / "bench")])
     assert "sets trainer.logger: false" in capsys.readouterr().err
+
+
+def children_of(pid: int) -> list[int]:
+    """The running (not zombie) processes whose parent is ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.timeout(300)
+def test_a_signal_to_bench_stops_its_running_fit_and_bench_waits_for_it(tmp_path, signum):
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(REPO),
+           "OMP_NUM_THREADS": "1"}
+    log = (tmp_path / "stderr").open("w")  # a file: an orphaned fit cannot hold a pipe open
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "reproductions", "bench", "-c",
+         str(REPO / "configs/bn_lstm/smoke.yaml"), "--seeds", "2", "--out", str(tmp_path), "--",
+         *TINY_BN_LSTM, "--trainer.max_epochs", "100000"],  # a fit that would run for hours
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    fits = []
+    try:
+        deadline = time.time() + 200
+        while not list(tmp_path.glob("*-seed0/wandb/offline-run-*")):  # the fit has started
+            assert bench.poll() is None and time.time() < deadline, "the fit did not start"
+            time.sleep(0.2)
+        fits = children_of(bench.pid)
+        assert len(fits) == 1
+        bench.send_signal(signum)
+        bench.wait(timeout=120)
+        stderr = (tmp_path / "stderr").read_text()
+        assert bench.returncode == 128 + signum, stderr[-2000:]
+        assert not running(fits[0])  # bench waited for its fit to stop
+        assert f"repro bench: stopped by {signal.Signals(signum).name}" in stderr
+        assert not list(tmp_path.glob("*-seed1"))  # and started no other run
+    finally:
+        for pid in [bench.pid, *fits]:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+        bench.wait(timeout=30)
+        log.close()
 
 
 # ------------------------------------------------------------------------------- dashboard

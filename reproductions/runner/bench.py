@@ -6,12 +6,16 @@ One ``repro fit`` process per (config, seed), seeds 0..N-1, each logging into it
 DIR/<config folder>-<config stems joined by +>-seed<k> (the run's name too); then DIR/bench.md, a
 markdown table of mean ± sample std (over seeds) of each metric's final value. A config is one
 YAML file or several separated by commas, layered in that order as ``repro fit -c A -c B`` does.
-Configs are checked (they exist, they keep a logger) before the first run starts.
+Configs are checked (they exist, they keep a logger) before the first run starts. SIGTERM, SIGINT
+or SIGHUP sent to bench goes on to the running ``repro fit`` (started in a session of its own, so
+that a terminal's Ctrl-C reaches it once), bench waits for it to stop and exits with 128 + the
+signal's number.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -67,6 +71,35 @@ def check_bench_configs(configs: list[str]) -> None:
                                    "reads each run's logged metrics, so it needs a logger")
 
 
+# SIGHUP too: the child is out of bench's process group, so a closed terminal would not reach it.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def run_to_the_end(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command`` and return its exit status; a signal of ``FORWARDED_SIGNALS`` that bench
+    receives meanwhile is passed on to it, and bench waits for it to stop, then exits with 128 + the
+    signal's number."""
+    child = subprocess.Popen(command, env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        child.send_signal(signum)
+
+    previous = {number: signal.signal(number, forward) for number in FORWARDED_SIGNALS}
+    try:
+        status = child.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if received:
+        print(f"repro bench: stopped by {signal.Signals(received[0]).name}; the running "
+              f"repro fit (pid {child.pid}) was passed the signal and ended with status {status}",
+              file=sys.stderr)
+        raise SystemExit(128 + received[0])
+    return status
+
+
 def mean_std_cell(values: list[float]) -> str:
     """``mean ± sample std`` (n - 1 in the denominator); the std is 0 for a single run."""
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -88,7 +121,7 @@ def bench(configs: list[str], seeds: int, out: Path, extra: list[str]) -> Path:
             save_dir = out / f"{stem}-seed{seed}"
             command = bench_command(config, seed, save_dir, extra)
             print("repro bench:", " ".join(command[2:]), flush=True)
-            if subprocess.run(command, env=env, check=False).returncode:
+            if run_to_the_end(command, env):
                 raise RuntimeError(f"repro bench: {config} with seed {seed} failed (its output is "
                                    f"above); command: {' '.join(command[2:])}")
             for metric, points in read_series(logged_run(save_dir)).items():

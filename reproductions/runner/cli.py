@@ -10,7 +10,9 @@
 
 Model and data are chosen in subclass mode (``class_path``), configs are parsed with omegaconf
 interpolation, and runs log to Weights & Biases: online when the user is logged in, offline
-otherwise (``wandb sync`` uploads an offline run later).
+otherwise (``wandb sync`` uploads an offline run later). A command that cannot run as given ends
+in one line naming the option (``user_errors``); the progress bar counts in the reproduction's own
+unit where it has one (``progress``).
 
 Every ``fit`` also gets (see ``tracking``, ``optimizer_monitor``, ``fault_tolerance``):
 W&B group/job_type/tags and the resolved config in the run's config; ``RMSpropMonitor``
@@ -34,9 +36,11 @@ from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from . import user_errors
 from .fault_tolerance import (AtomicCheckpointIO, ConfiguredHyperparameters, SkipNonFiniteSteps,
-                              StepSeeding)
+                              StepSeeding, intact_checkpoint)
 from .optimizer_monitor import RMSpropMonitor
+from .progress import progress_bars
 from .run_folder import RunKey, RunKeyCallback, config_label, new_run_id, newest_checkpoint, resumed_run
 from .tracking import (RUN_DIR, WANDB_PROJECT, DiscardFailedStarts, ReproWandbLogger,
                        RunConfigCallback, default_logger, offline_hint, optimizer_settings_check,
@@ -124,7 +128,9 @@ class ReproCLI(LightningCLI):
             return RunKey(reproduction, config, new_run_id())
         if not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
-        return resumed_run(Path(ckpt_path), reproduction, config)
+        ckpt_path = intact_checkpoint(ckpt_path)  # a damaged one: the newest intact beside it
+        self.active_config()["ckpt_path"] = str(ckpt_path)
+        return resumed_run(ckpt_path, reproduction, config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         plain = self.active_config().as_dict()
@@ -142,6 +148,7 @@ class ReproCLI(LightningCLI):
             RunKeyCallback(self.run_key),
             ConfiguredHyperparameters(),
             DiscardFailedStarts(),
+            *progress_bars(plain.get("trainer") or {}),
         ]
         if plain.get("checkpoint_every_n_steps"):
             callbacks.append(ModelCheckpoint(
@@ -169,8 +176,8 @@ def workflow_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help=WORKFLOW_COMMANDS["compare"],
                                   description=WORKFLOW_COMMANDS["compare"])
     compare.add_argument("runs", nargs="+", type=Path, metavar="RUN",
-                         help="a W&B run directory (runs/wandb/offline-run-*) or a Lightning CSV "
-                              "log (metrics.csv or its folder)")
+                         help="a W&B run directory (runs/wandb/offline-run-*), a Lightning CSV "
+                              "log (metrics.csv or its folder), or a folder of runs (runs/wandb)")
     compare.add_argument("--out", type=Path, default=Path("comparison"),
                          help="folder for the PNGs and final_metrics.md (default: %(default)s)")
     compare.add_argument("--metrics", nargs="*", metavar="METRIC",
@@ -229,15 +236,23 @@ def run_workflow_command(argv: list[str]) -> int:
 
 def console_main() -> None:
     """The ``repro`` console script: runs ``main`` and returns nothing, so that the process exits
-    with 0 (a console script passes its function's return value to ``sys.exit``)."""
-    main()
+    with 0 (a console script passes its function's return value to ``sys.exit``). A user error
+    ends as one line on stderr (``user_errors``); ``--debug`` or ``REPRO_DEBUG=1`` shows the
+    traceback."""
+    if user_errors.take_debug_flag(sys.argv):
+        os.environ[user_errors.DEBUG_VARIABLE] = "1"
+    with user_errors.reported():
+        main()
 
 
+@user_errors.usage_errors_reported()
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI | None:
-    """Entry point of ``repro`` and ``python -m reproductions``."""
+    """Entry point of ``repro`` and ``python -m reproductions``. An error in the command line or a
+    config ends as one line and exit status 2; other errors are raised."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] in WORKFLOW_COMMANDS:
         raise SystemExit(run_workflow_command(argv))
+    user_errors.check_config_files(argv)
     epilog = "other commands:\n" + "\n".join(f"  {name:<10} {text}" for name, text in
                                               WORKFLOW_COMMANDS.items())
     return ReproCLI(
@@ -246,7 +261,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI | None
         subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
-        parser_kwargs={"parser_mode": "omegaconf", "epilog": epilog,
+        parser_kwargs={"parser_mode": "omegaconf", "epilog": epilog, "exit_on_error": False,
                        "formatter_class": argparse.RawDescriptionHelpFormatter},
         trainer_defaults={"logger": default_logger(), "default_root_dir": RUN_DIR,
                           # as a class_path, not an instance: the saved config stays serialisable

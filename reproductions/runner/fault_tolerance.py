@@ -31,6 +31,12 @@
   (``SkipNonFiniteSteps`` saves its counts). Limit: randomness inside a Dataset's
   ``__getitem__`` in DataLoader workers follows the workers' seeds, which are not reseeded (no
   dataset here draws any).
+* ``intact_checkpoint``: a checkpoint to resume from that a disk, a copy or a quota damaged after
+  it was written (torch's "PytorchStreamReader failed reading zip archive") is named, and the run
+  resumes from the newest intact checkpoint in the same folder instead (``step=N.ckpt``,
+  ``epochE-end.ckpt``), saying so. A torch checkpoint is a zip archive whose records carry CRC-32s:
+  a truncated file has no central directory, a corrupted record fails its CRC (torch.load would
+  read it without complaint).
 * ``AtomicCheckpointIO``: Lightning's local save writes to ``tempfile.mkstemp()`` (the system temp
   folder) and then ``shutil.move``s it (fsspec transaction, lightning_fabric ``_atomic_save``);
   when that folder is on another filesystem the move is a copy into the final path, which a kill
@@ -41,7 +47,9 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +57,7 @@ import numpy as np
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning import Callback, LightningModule, Trainer
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -205,3 +213,43 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """Why ``path`` is not a complete torch checkpoint, or None when every record of its zip
+    archive is there and matches its CRC-32."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            corrupt = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        return f"not a complete zip archive: {error}"
+    return f"record {corrupt} fails its CRC check" if corrupt else None
+
+
+@rank_zero_only
+def tell(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def intact_checkpoint(path: str | Path) -> Path:
+    """``path``, or when it is damaged the newest intact checkpoint beside it (by modification
+    time), saying so in one line. A folder (a sharded checkpoint) is taken as it is.
+
+    Raises FileNotFoundError for a missing path, RuntimeError when no checkpoint beside a damaged
+    one is intact."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--ckpt_path {path}: no such checkpoint")
+    damage = None if path.is_dir() else checkpoint_damage(path)
+    if damage is None:
+        return path
+    beside = sorted((p for p in path.parent.glob("*.ckpt") if p.is_file() and p != path),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for candidate in beside:
+        if checkpoint_damage(candidate) is None:
+            tell(f"repro: checkpoint {path} is damaged ({damage}); resuming from {candidate}, "
+                 "the newest intact checkpoint beside it")
+            return candidate
+    raise RuntimeError(f"checkpoint {path} is damaged ({damage}) and no checkpoint beside it is "
+                       "intact; start afresh without --ckpt_path")
+

@@ -214,6 +214,13 @@ def optimizer_settings_check(model_init_args: Mapping[str, Any]) -> None:
     """Build each configured optimizer on a dummy parameter, so that a bad setting (negative lr,
     alpha outside [0, 1), ...) fails before training; the error names the config key."""
     for argument, (class_path, init_args) in optimizer_entries(model_init_args).items():
+        defaults = effective_settings(class_path, {})
+        for name, value in init_args.items():
+            default = defaults.get(name)
+            if isinstance(value, str) and isinstance(default, (int, float)) and \
+                    not isinstance(default, bool):  # lr: float | Tensor lets a string through
+                raise ValueError(f"model.init_args.{argument}.init_args.{name}: {value!r} is not "
+                                 f"a number; {class_path} takes a number (default {default})")
         try:
             import_class(class_path)([torch.nn.Parameter(torch.zeros(1))], **init_args)
         except (ValueError, TypeError) as error:
