@@ -74,8 +74,11 @@ class ReproCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's LightningCLI replaces the model's config by the hyperparameters saved in
-        ``--ckpt_path``; here the config decides (``resolve_run`` refuses a checkpoint of another
+        ``--ckpt_path``. That stays for validate and test (a checkpoint evaluated as it was
+        trained); for fit the config decides (``resolve_run`` refuses a checkpoint of another
         config, ``ConfiguredHyperparameters`` applies changed optimizer settings)."""
+        if self.config.get("subcommand") != "fit":
+            super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         config = self.active_config()
