@@ -111,3 +111,22 @@ def test_wandb_dir_and_default_root_dir_place_the_runs(tmp_path, monkeypatch):
     fit(tmp_path / "root2")
     assert run_ids(tmp_path / "wandb_dir")  # W&B's files where WANDB_DIR says
     assert list((tmp_path / "root2/checkpoints").rglob("*.ckpt"))  # checkpoints at the root
+
+
+def test_compare_draws_a_resumed_run_as_one_and_tells_runs_of_one_config_apart(tmp_path):
+    from reproductions.runner.compare import compare, read_series, wandb_runs
+
+    first = fit(tmp_path, "--trainer.log_every_n_steps=1")
+    second = fit(tmp_path, "--trainer.log_every_n_steps=1", "--trainer.max_steps=3")
+    fit(tmp_path, "--trainer.log_every_n_steps=1", "--trainer.max_steps=5", "--ckpt_path=last")
+    folders = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(folders) == 3  # the resume wrote a folder of its own
+    runs = {run.id: run for run in wandb_runs(folders)}
+    assert set(runs) == {first.run_key.run_id, second.run_key.run_id}
+    steps = [step for step, _ in read_series(runs[second.run_key.run_id])["train/loss"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # steps 0..4, each once
+    table = compare([tmp_path / "wandb"], tmp_path / "cmp").read_text()
+    rows = [line for line in table.splitlines()[2:]]
+    assert len(rows) == 2
+    assert {row.split("|")[1].strip() for row in rows} == {
+        f"bn_lstm-smoke ({first.run_key.run_id})", f"bn_lstm-smoke ({second.run_key.run_id})"}

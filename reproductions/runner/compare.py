@@ -65,18 +65,40 @@ def run_label(run: WandbRun) -> str:
     return f"{run.group or 'run'}/{what} {run.id[:8]}".strip()
 
 
-def read_series(path: Path) -> Series:
-    """A run's scalar metrics from a W&B run directory or a CSV log."""
-    path = Path(path)
+def resumed(parts: list[WandbRun]) -> WandbRun:
+    """One W&B run from the folders its processes wrote (a resume writes a new folder under the
+    same id), in the order they ran: each part's history up to the step the next one resumed
+    from (steps logged after the checkpoint and before a kill are trained again)."""
+    merged, history = parts[-1], parts[-1].history
+    for earlier in reversed(parts[:-1]):
+        first = min((row[STEP] for row in history if STEP in row), default=math.inf)
+        history = [row for row in earlier.history if row.get(STEP, -math.inf) < first] + history
+    merged.history = history
+    return merged
+
+
+def wandb_runs(folders: list[Path]) -> list[WandbRun]:
+    """The W&B runs in ``folders``, the folders of a resumed run joined into one."""
+    parts: dict[str, list[WandbRun]] = {}
+    for folder in sorted(folders, key=lambda f: f.name):  # W&B's folder names start with the time
+        run = read_run(folder)
+        parts.setdefault(run.id or str(folder), []).append(run)
+    return [resumed(runs) for runs in parts.values()]
+
+
+def read_series(path: Path | WandbRun) -> Series:
+    """A run's scalar metrics from a W&B run (or its directory) or a CSV log."""
+    run = path if isinstance(path, WandbRun) else None
+    path = Path(path.directory if run else path)
     csv_file = path if path.suffix == ".csv" else path / "metrics.csv"
-    if csv_file.is_file():
+    if run is None and csv_file.is_file():
         with csv_file.open() as file:
             rows = [{k: float(v) for k, v in row.items() if v not in ("", None)}
                     for row in csv.DictReader(file)]
         series = Series(path.parent.name if path.suffix == ".csv" else path.name)
         step_key = "step"
     else:
-        run = read_run(path)
+        run = run or read_run(path)
         series = Series(run_label(run), dashboard_of(run.group).x if run.group else STEP)
         rows, step_key = run.history, STEP
     along: dict[str, list[Any]] = {}
@@ -140,7 +162,15 @@ def figure(metric: str, runs: list[Series]) -> Figure:
 
 def compare(runs: list[Path], out: Path, metrics: list[str] | None = None) -> Path:
     """Plots and a final-metrics table of ``runs`` into ``out``; returns the table's path."""
-    series = [read_series(run) for run in run_folders(runs)]
+    folders = run_folders(runs)
+    wandb = [folder for folder in folders if list(folder.glob("run-*.wandb"))]
+    series = [read_series(folder) for folder in folders if folder not in wandb]
+    logged = wandb_runs(wandb)
+    labels = [run_label(run) for run in logged]
+    for run, label in zip(logged, labels):
+        series.append(read_series(run))
+        if labels.count(label) > 1:  # runs of one config share its name: tell them apart
+            series[-1].label = f"{label} ({run.id})"
     names = metrics or headline(set().union(*series))
     missing = [metric for metric in names if not any(metric in run for run in series)]
     if missing:
