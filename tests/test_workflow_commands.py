@@ -15,19 +15,15 @@ import pytest
 from helpers import TINY_BN_LSTM, write_png_folder
 from reproductions.runner import dashboard
 from reproductions.runner.cli import main
-from reproductions.runner.wandb_records import WandbRun, read_run
+from reproductions.runner.wandb_records import WandbRun, read_finished_run, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def finished_run(run_dir: Path, metric: str) -> WandbRun:
-    """The run read back once it has finished and ``metric`` is in it (W&B's service process
-    writes the records after the training process has logged them)."""
-    for _ in range(300):
-        run = read_run(run_dir)
-        if run.exit_code is not None and any(metric in row for row in run.history):
-            return run
-        time.sleep(0.1)
+    """The run read back once it has finished; ``metric`` must be in it."""
+    run = read_finished_run(run_dir)
+    assert any(metric in row for row in run.history), metric
     return run
 
 

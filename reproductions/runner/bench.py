@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from .compare import headline, markdown_table, read_series
+from .wandb_records import read_finished_run
 from .run_folder import config_label
 
 
@@ -124,7 +125,10 @@ def bench(configs: list[str], seeds: int, out: Path, extra: list[str]) -> Path:
             if run_to_the_end(command, env):
                 raise RuntimeError(f"repro bench: {config} with seed {seed} failed (its output is "
                                    f"above); command: {' '.join(command[2:])}")
-            for metric, points in read_series(logged_run(save_dir)).items():
+            logged = logged_run(save_dir)
+            if logged.suffix != ".csv":
+                logged = read_finished_run(logged)
+            for metric, points in read_series(logged).items():
                 finals.setdefault(stem, {}).setdefault(metric, []).append(points[-1][1])
     names = headline(set().union(*(set(m) for m in finals.values())))
     rows = [[f"{stem} (n={seeds})"] + [mean_std_cell(metrics[name]) if name in metrics else ""

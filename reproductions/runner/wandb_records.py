@@ -10,6 +10,7 @@ is written in Go), so this module is the reader: ``repro compare`` and the tests
 from __future__ import annotations
 
 import json
+import time
 import struct
 import zlib
 from collections.abc import Iterator
@@ -108,6 +109,18 @@ def run_file(directory: Path) -> Path:
         raise FileNotFoundError(f"{directory}: no run-*.wandb file; is it a W&B run directory "
                                 "(runs/wandb/offline-run-... or runs/wandb/run-...)?")
     return found[0]
+
+
+def read_finished_run(directory: Path | str, timeout: float = 60.0) -> WandbRun:
+    """The run once its exit record is written: W&B's service process writes the records after
+    the process that logged them, even after that process has exited. After ``timeout`` seconds
+    the run as it stands (a killed run never writes its exit record)."""
+    deadline = time.monotonic() + timeout
+    run = read_run(directory)
+    while run.exit_code is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        run = read_run(directory)
+    return run
 
 
 def read_run(directory: Path | str) -> WandbRun:
