@@ -18,7 +18,7 @@ from torch import nn
 import paper_facts
 from datamodules.text import (UNK, CorpusError, StreamWindows, TextDataModule, Vocabulary)
 from reproductions.char_rnn import CharRNN, main as char_rnn_main, nats_to_bits
-from reproductions.runner.wandb_records import read_run
+from reproductions.runner.wandb_records import read_finished_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "char_rnn"
@@ -351,7 +351,7 @@ def test_paper_configs_carry_the_papers_settings(monkeypatch, tmp_path):
 # ------------------------------------------------------------------------------------------
 def offline_history(run_file: Path) -> list[dict]:
     """History rows of an offline W&B run file, read by the project's own offline reader."""
-    return read_run(run_file.parent).history
+    return read_finished_run(run_file.parent).history
 
 
 def test_repro_fit_logs_bpc_and_samples_then_samples_from_checkpoint(monkeypatch, tmp_path,

@@ -1,7 +1,6 @@
 """RMSpropMonitor's numbers against hand computations of one RMSProp step, and its W&B histograms
 against torch.histogram of the optimizer's state."""
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ from helpers import TINY_HANDWRITING
 from optimizers import RMSprop, presets
 from reproductions.runner.cli import main
 from reproductions.runner.optimizer_monitor import RMSpropMonitor
-from reproductions.runner.wandb_records import read_run
+from reproductions.runner.wandb_records import read_finished_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,12 +133,9 @@ def test_step_size_histograms_reach_wandb_and_match_torch_histogram(tmp_path, mo
 
 
 def wait_for_rows(run_dir, key: str, count: int) -> list[dict]:
-    """History rows holding ``key``; W&B's service process may still be writing the file."""
-    for _ in range(100):
-        rows = [row for row in read_run(run_dir).history if key in row]
-        if len(rows) >= count:
-            return rows
-        time.sleep(0.1)
+    """History rows holding ``key``, once the run has finished."""
+    rows = [row for row in read_finished_run(run_dir).history if key in row]
+    assert len(rows) >= count, (key, len(rows))
     return rows
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 import paper_facts
 from helpers import write_png_folder
-from reproductions.runner.wandb_records import read_run
+from reproductions.runner.wandb_records import read_finished_run
 from datamodules.images import DatasetError
 from optimizers import RMSprop
 from reproductions.runner.cli import main
@@ -345,7 +345,7 @@ def test_model_and_data_shapes_must_agree(tmp_path):
 # --------------------------------------------------------------------------- end to end
 def read_wandb_history(run_file: Path) -> list[dict]:
     """History rows of an offline W&B run file, read by the project's own offline reader."""
-    return read_run(run_file.parent).history
+    return read_finished_run(run_file.parent).history
 
 
 def test_repro_fit_logs_the_metrics_to_an_offline_wandb_run(tmp_path, monkeypatch):

@@ -1,7 +1,6 @@
 """repro fit's W&B identity and config (read back from the offline run's records), the offline
 compare command, and config errors before training."""
 
-import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from helpers import TINY_HANDWRITING
 from optimizers import presets
 from reproductions.runner import tracking
 from reproductions.runner.cli import main
-from reproductions.runner.wandb_records import read_run
+from reproductions.runner.wandb_records import read_finished_run, read_run
 from reproductions.runner.compare import compare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,11 +26,7 @@ def fit_and_read(tmp_path: Path, *extra: str):
     cli = main(args=tiny_args(tmp_path, *extra))
     cli.trainer.logger.experiment.finish()
     run_dir = sorted((tmp_path / "runs/wandb").glob("offline-run-*"))[-1]
-    records = next(run_dir.glob("run-*.wandb"))
-    for _ in range(100):  # W&B's service process may still be writing the record file
-        if b"val/nll_nats" in records.read_bytes():
-            break
-        time.sleep(0.1)
+    read_finished_run(run_dir)
     return cli, run_dir
 
 
