@@ -32,7 +32,8 @@ Two implementations of the one layer, with the same parameters:
 from __future__ import annotations
 
 import math
-from types import ModuleType
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -101,8 +102,36 @@ class PeepholeLSTM(nn.Module):
         return torch.stack(outputs, dim=1), (h[None], c[None])
 
 
-def backend_for(device: torch.device) -> ModuleType:
-    """The module with ``cell_forward``, ``cell_backward`` and ``product_with`` for a device."""
+class Backend(Protocol):
+    """What a device's module provides (``graves_lstm_cpu``, ``graves_lstm_triton``): the
+    elementwise kernels of one time step and the matrix products. Tensors are contiguous; a row
+    per sequence; gate rows hold (i, f, g, o) x hidden, as nn.LSTM orders them."""
+
+    def cell_forward(self, from_input: Tensor, recurrent: Tensor | None, c_prev: Tensor,
+                     peephole: Tensor, gates: Tensor, c: Tensor, h: Tensor) -> None:
+        """One step forward (eq. 7-11) into ``gates`` (i, f, g, o after their nonlinearities),
+        ``c`` and ``h``; ``recurrent`` (h_{t-1} W_h^T) is added to ``from_input`` unless None."""
+
+    def cell_backward(self, d_h: Tensor, d_h_recurrent: Tensor | None, d_c: Tensor,
+                      gates: Tensor, c: Tensor, c_prev: Tensor, peephole: Tensor, bound: float,
+                      d_pre: Tensor, d_c_prev: Tensor, d_peephole: Tensor) -> None:
+        """One step backward into ``d_pre`` (the four pre-activation derivatives, each clipped to
+        [-bound, bound]) and ``d_c_prev``, adding the step's peephole derivatives to each row's
+        sums ``d_peephole`` (batch, 3, hidden); dL/dh_t is ``d_h`` plus ``d_h_recurrent`` unless
+        None, dL/dc_t is ``d_c``."""
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x @ weight^T + bias, once."""
+
+    def product_with(self, weight: Tensor, rows: int, uses: int) -> Callable[[Tensor], Tensor]:
+        """x -> x @ weight^T for ``uses`` products of one sequence, x of ``rows`` rows."""
+
+    def weight_gradient(self, d: Tensor, x: Tensor) -> Tensor:
+        """d^T x: a weight's derivative summed over the rows (every step and sequence)."""
+
+
+def backend_for(device: torch.device) -> Backend:
+    """The kernels and products for a device."""
     if device.type == "cuda":
         from reproductions import graves_lstm_triton  # imports Triton: only where it runs
 
@@ -127,7 +156,7 @@ class GravesLSTMSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, bias: Tensor,
                 weight_hh: Tensor, peephole: Tensor, bound: float,
-                backend: ModuleType) -> tuple[Tensor, Tensor]:
+                backend: Backend) -> tuple[Tensor, Tensor]:
         batch, steps = x.shape[:2]
         inputs = x.transpose(0, 1).reshape(steps * batch, -1)   # rows in time order
         # The input's share of all four gates, for every time step in one matrix product.
@@ -179,7 +208,7 @@ class GravesLSTMStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pre: Tensor, c_prev: Tensor, peephole: Tensor, bound: float,
-                backend: ModuleType) -> tuple[Tensor, Tensor]:
+                backend: Backend) -> tuple[Tensor, Tensor]:
         pre, c_prev, peephole = pre.contiguous(), c_prev.contiguous(), peephole.contiguous()
         gates, h, c = torch.empty_like(pre), torch.empty_like(c_prev), torch.empty_like(c_prev)
         backend.cell_forward(pre, None, c_prev, peephole, gates, c, h)
@@ -199,7 +228,7 @@ class GravesLSTMStep(torch.autograd.Function):
 
 def graves_lstm(x: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_hh: Tensor,
                 bias: Tensor, peephole: Tensor, grad_clip: float | None = None,
-                backend: ModuleType | None = None) -> tuple[Tensor, Tensor]:
+                backend: Backend | None = None) -> tuple[Tensor, Tensor]:
     """The fused layer over a sequence: x (batch, time, input) and h0, c0 (batch, hidden) -> every
     h_t (batch, time, hidden) and c_T (batch, hidden). ``backend`` defaults to x's device's."""
     outputs, c = GravesLSTMSequence.apply(x, h0, c0, weight_ih, bias, weight_hh, peephole,

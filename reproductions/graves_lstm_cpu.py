@@ -48,17 +48,14 @@ def ops():
 
 def cell_forward(from_input: Tensor, recurrent: Tensor | None, c_prev: Tensor, peephole: Tensor,
                  gates: Tensor, c: Tensor, h: Tensor) -> None:
-    """One step forward into ``gates`` (i, f, g, o after their nonlinearities), ``c`` and ``h``;
-    ``recurrent`` (h_{t-1} W_hh^T) is added to ``from_input`` unless None."""
+    """``graves_lstm.Backend.cell_forward``: one call of the C++ op."""
     ops().cell_forward(from_input, recurrent, c_prev, peephole, gates, c, h)
 
 
 def cell_backward(d_h: Tensor, d_h_recurrent: Tensor | None, d_c: Tensor, gates: Tensor,
                   c: Tensor, c_prev: Tensor, peephole: Tensor, bound: float, d_pre: Tensor,
                   d_c_prev: Tensor, d_peephole: Tensor) -> None:
-    """One step backward into ``d_pre`` (the four clipped pre-activation derivatives) and
-    ``d_c_prev``, adding the step's peephole derivatives to each row's sums ``d_peephole``
-    (batch, 3, hidden); dL/dh_t is ``d_h`` plus ``d_h_recurrent`` unless None."""
+    """``graves_lstm.Backend.cell_backward``: one call of the C++ op."""
     ops().cell_backward(d_h, d_h_recurrent, d_c, gates, c, c_prev, peephole, bound, d_pre,
                         d_c_prev, d_peephole)
 
@@ -86,13 +83,13 @@ def _use_onednn(t: Tensor) -> bool:
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x @ weight^T + bias, once."""
+    """``graves_lstm.Backend.linear``."""
     return _onednn_linear(x, weight, bias) if _use_onednn(x) else F.linear(x, weight, bias)
 
 
 def product_with(weight: Tensor, rows: int, uses: int) -> Callable[[Tensor], Tensor]:
-    """x -> x @ weight^T for the ``uses`` steps of one sequence (x of ``rows`` rows): oneDNN with
-    the weight packed once, unless it is used once."""
+    """``graves_lstm.Backend.product_with``: oneDNN with the weight packed once, unless it is
+    used once."""
     if not _use_onednn(weight):
         weight_t = weight.t()
         return lambda x: torch.mm(x, weight_t)
@@ -102,7 +99,7 @@ def product_with(weight: Tensor, rows: int, uses: int) -> Callable[[Tensor], Ten
 
 
 def weight_gradient(d: Tensor, x: Tensor) -> Tensor:
-    """d^T x: a weight's derivative summed over the rows (every step and sequence)."""
+    """``graves_lstm.Backend.weight_gradient``."""
     if not _use_onednn(d):
         return d.t() @ x
     return _onednn_linear(x.t().contiguous(), d.t()).t()

@@ -55,32 +55,44 @@ def _accumulate(pointer, offsets, mask, value, COMPUTE: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(from_input, recurrent, c_prev, peephole, gates, c, h, H,
-                    HAS_RECURRENT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
+def _load_gates(pointer, gate, mask, H, COMPUTE: tl.constexpr):
+    return (_load(pointer, gate, mask, COMPUTE), _load(pointer, gate + H, mask, COMPUTE),
+            _load(pointer, gate + 2 * H, mask, COMPUTE),
+            _load(pointer, gate + 3 * H, mask, COMPUTE))
+
+
+@triton.jit
+def _store_gates(pointer, gate, mask, H, i, f, g, o):
+    _store(pointer, gate, mask, i)
+    _store(pointer, gate + H, mask, f)
+    _store(pointer, gate + 2 * H, mask, g)
+    _store(pointer, gate + 3 * H, mask, o)
+
+
+@triton.jit
+def _positions(H, BLOCK: tl.constexpr):
+    """This program's row, units, mask, and where they sit in a gate row (unit j of gate k at
+    ``gate + k * H``) and in a cell row."""
     row = tl.program_id(0)
     units = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = units < H
-    gate = row * 4 * H + units   # unit j of gate k of this row: gate + k * H
-    cell = row * H + units
-    z_i = _load(from_input, gate, mask, COMPUTE)
-    z_f = _load(from_input, gate + H, mask, COMPUTE)
-    z_g = _load(from_input, gate + 2 * H, mask, COMPUTE)
-    z_o = _load(from_input, gate + 3 * H, mask, COMPUTE)
+    return row, units, units < H, row * 4 * H + units, row * H + units
+
+
+@triton.jit
+def _forward_kernel(from_input, recurrent, c_prev, peephole, gates, c, h, H,
+                    HAS_RECURRENT: tl.constexpr, COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
+    _, units, mask, gate, cell = _positions(H, BLOCK)
+    z_i, z_f, z_g, z_o = _load_gates(from_input, gate, mask, H, COMPUTE)
     if HAS_RECURRENT:
-        z_i += _load(recurrent, gate, mask, COMPUTE)
-        z_f += _load(recurrent, gate + H, mask, COMPUTE)
-        z_g += _load(recurrent, gate + 2 * H, mask, COMPUTE)
-        z_o += _load(recurrent, gate + 3 * H, mask, COMPUTE)
+        r_i, r_f, r_g, r_o = _load_gates(recurrent, gate, mask, H, COMPUTE)
+        z_i, z_f, z_g, z_o = z_i + r_i, z_f + r_f, z_g + r_g, z_o + r_o
     cp = _load(c_prev, cell, mask, COMPUTE)
     i = _sigmoid(z_i + _load(peephole, units, mask, COMPUTE) * cp)            # eq. 7
     f = _sigmoid(z_f + _load(peephole, units + H, mask, COMPUTE) * cp)        # eq. 8
     g = _tanh(z_g)
     ct = f * cp + i * g                                                       # eq. 9
     o = _sigmoid(z_o + _load(peephole, units + 2 * H, mask, COMPUTE) * ct)    # eq. 10
-    _store(gates, gate, mask, i)
-    _store(gates, gate + H, mask, f)
-    _store(gates, gate + 2 * H, mask, g)
-    _store(gates, gate + 3 * H, mask, o)
+    _store_gates(gates, gate, mask, H, i, f, g, o)
     _store(c, cell, mask, ct)
     _store(h, cell, mask, o * _tanh(ct))                                      # eq. 11
 
@@ -89,15 +101,8 @@ def _forward_kernel(from_input, recurrent, c_prev, peephole, gates, c, h, H,
 def _backward_kernel(d_h, d_h_recurrent, d_c, gates, c, c_prev, peephole, bound, d_pre, d_c_prev,
                      d_peephole, H, HAS_RECURRENT: tl.constexpr, COMPUTE: tl.constexpr,
                      BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    units = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = units < H
-    gate = row * 4 * H + units
-    cell = row * H + units
-    i = _load(gates, gate, mask, COMPUTE)
-    f = _load(gates, gate + H, mask, COMPUTE)
-    g = _load(gates, gate + 2 * H, mask, COMPUTE)
-    o = _load(gates, gate + 3 * H, mask, COMPUTE)
+    row, units, mask, gate, cell = _positions(H, BLOCK)
+    i, f, g, o = _load_gates(gates, gate, mask, H, COMPUTE)
     cp = _load(c_prev, cell, mask, COMPUTE)
     ct = _load(c, cell, mask, COMPUTE)
     tc = _tanh(ct)
@@ -110,10 +115,7 @@ def _backward_kernel(d_h, d_h_recurrent, d_c, gates, c, c_prev, peephole, bound,
     d_i = _clip(dc * g * i * (1.0 - i), bound)
     d_f = _clip(dc * cp * f * (1.0 - f), bound)
     d_g = _clip(dc * i * (1.0 - g * g), bound)
-    _store(d_pre, gate, mask, d_i)
-    _store(d_pre, gate + H, mask, d_f)
-    _store(d_pre, gate + 2 * H, mask, d_g)
-    _store(d_pre, gate + 3 * H, mask, d_o)
+    _store_gates(d_pre, gate, mask, H, d_i, d_f, d_g, d_o)
     _store(d_c_prev, cell, mask, dc * f + d_i * _load(peephole, units, mask, COMPUTE)
            + d_f * _load(peephole, units + H, mask, COMPUTE))
     # This row's sums of the peephole derivatives over the steps so far (rows w_ci, w_cf, w_co).
@@ -133,8 +135,7 @@ def _launch_shape(c: Tensor) -> tuple[tuple[int, int], dict]:
 
 def cell_forward(from_input: Tensor, recurrent: Tensor | None, c_prev: Tensor, peephole: Tensor,
                  gates: Tensor, c: Tensor, h: Tensor) -> None:
-    """One step forward into ``gates`` (i, f, g, o after their nonlinearities), ``c`` and ``h``;
-    ``recurrent`` (h_{t-1} W_hh^T) is added to ``from_input`` unless None."""
+    """``graves_lstm.Backend.cell_forward``: one launch."""
     grid, meta = _launch_shape(c)
     _forward_kernel[grid](from_input, from_input if recurrent is None else recurrent, c_prev,
                           peephole, gates, c, h, c.shape[1],
@@ -144,26 +145,22 @@ def cell_forward(from_input: Tensor, recurrent: Tensor | None, c_prev: Tensor, p
 def cell_backward(d_h: Tensor, d_h_recurrent: Tensor | None, d_c: Tensor, gates: Tensor,
                   c: Tensor, c_prev: Tensor, peephole: Tensor, bound: float, d_pre: Tensor,
                   d_c_prev: Tensor, d_peephole: Tensor) -> None:
-    """One step backward into ``d_pre`` (the four clipped pre-activation derivatives) and
-    ``d_c_prev``, adding the step's peephole derivatives to each row's sums ``d_peephole``
-    (batch, 3, hidden); dL/dh_t is ``d_h`` plus ``d_h_recurrent`` unless None."""
+    """``graves_lstm.Backend.cell_backward``: one launch."""
     grid, meta = _launch_shape(c)
     _backward_kernel[grid](d_h, d_h if d_h_recurrent is None else d_h_recurrent, d_c, gates, c,
                            c_prev, peephole, bound, d_pre, d_c_prev, d_peephole, c.shape[1],
                            HAS_RECURRENT=d_h_recurrent is not None, **meta)
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x @ weight^T + bias, once."""
-    return F.linear(x, weight, bias)
+linear = F.linear
 
 
 def product_with(weight: Tensor, rows: int, uses: int) -> Callable[[Tensor], Tensor]:
-    """x -> x @ weight^T for the ``uses`` steps of one sequence: one cuBLAS call each."""
+    """``graves_lstm.Backend.product_with``: one cuBLAS call per product."""
     weight_t = weight.t()
     return lambda x: torch.mm(x, weight_t)
 
 
 def weight_gradient(d: Tensor, x: Tensor) -> Tensor:
-    """d^T x: a weight's derivative summed over the rows (every step and sequence)."""
+    """``graves_lstm.Backend.weight_gradient``."""
     return d.t() @ x
