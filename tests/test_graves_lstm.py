@@ -242,3 +242,32 @@ def test_cuda_layer_equals_reference(dtype):
                                                                                  atol=2e-5)
     for name, value in expected.items():
         torch.testing.assert_close(actual[name].double().cpu(), value, msg=name, **tolerance)
+
+
+@pytest.mark.gpu
+def test_cuda_kernels_per_step_with_the_profiler():
+    """On a GPU, the kernels the profiler sees per time step: at most 3 forward, 6 backward (the
+    target; the interpreter count above says 2 and 2, cuBLAS may split a product in two)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _, fused = layers(torch.float32)
+    fused.cuda()
+
+    def kernels(steps: int) -> tuple[int, int]:
+        x = torch.randn(BATCH, steps, INPUTS, device="cuda")
+        fused(x, grad_clip=BOUND)  # warm-up: Triton compiles, cuBLAS picks its kernels
+        counts = []
+        with profile(activities=[ProfilerActivity.CUDA]) as forward:
+            outputs, _ = fused(x, grad_clip=BOUND)
+            torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as backward:
+            outputs.sum().backward()
+            torch.cuda.synchronize()
+        for profiler in (forward, backward):
+            counts.append(sum(e.device_type == torch.autograd.DeviceType.CUDA
+                              for e in profiler.events()))
+        return counts[0], counts[1]
+
+    (forward_4, backward_4), (forward_12, backward_12) = kernels(4), kernels(12)
+    assert (forward_12 - forward_4) / 8 <= 3
+    assert (backward_12 - backward_4) / 8 <= 6
