@@ -14,6 +14,7 @@ from torch import nn
 
 from reproductions.char_rnn import CharRNN
 from reproductions.graves_lstm import GravesLSTM, PeepholeLSTM
+from reproductions.handwriting import HandwritingSynthesis
 from reproductions.skip_lstm import CudnnLSTM, SkipLSTM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,6 +187,8 @@ def test_bad_lstm_kinds_are_refused():
         SkipLSTM(3, 4, 1, lstm="peephole")
     with pytest.raises(ValueError, match="CharRNN: lstm must be 'graves' or 'cudnn'"):
         CharRNN(lstm=1)
+    with pytest.raises(ValueError, match="HandwritingSynthesis: lstm must be 'graves' or 'cudnn'"):
+        HandwritingSynthesis(lstm="cuda")
 
 
 @pytest.mark.parametrize(("lstm", "layer_class"), [("graves", GravesLSTM),
