@@ -5,25 +5,18 @@ tensor, split across threads, with the step counters advanced in the same call. 
 foreach path it saves the intermediate tensors (about ten passes over memory become one) and
 against a torch.compile'd step it saves the compiled wrapper's per-tensor guards and checks.
 
-The build (``torch.utils.cpp_extension.load``, g++ with OpenMP, under a minute) happens on first
-use and is cached under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``); the
-build's name carries a hash of the source and of this CPU's instruction sets, since it is
-compiled with ``-march=native``.
+The build (under a minute, ``cpp_build.py``) happens on first use and is cached per machine.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import logging
-import platform
-import sys
 from pathlib import Path
 from types import ModuleType
 
-import torch
 from torch import Tensor
 
+from . import cpp_build
 from .group import GroupTensors
 from .reference import Hyperparameters
 
@@ -31,42 +24,10 @@ SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
 GRAIN = 32768  # elements per thread chunk: below it a thread's start-up outweighs its work
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
 @functools.cache
 def extension() -> ModuleType:
     """The built extension (built now if this machine has no cached build)."""
-    # Importing cpp_extension warns that a CPU-only machine has no CUDA runtime: true, and beside
-    # the point for a CPU build.
-    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
-    level = cpp_logger.level
-    cpp_logger.setLevel(logging.ERROR)
-    try:
-        from torch.utils import cpp_extension
-    finally:
-        cpp_logger.setLevel(level)
-
-    digest = hashlib.sha256((SOURCE.read_text() + _cpu_flags() + torch.__version__).encode())
-    name = f"rmsprop_cpu_{digest.hexdigest()[:12]}"
-    build = Path(cpp_extension._get_build_directory(name, verbose=False))
-    if not (build / f"{name}.so").exists():
-        print(f"RMSprop(compiled=True): building the fused CPU loop into {build} "
-              "(once per machine, under a minute)", file=sys.stderr, flush=True)
-    return cpp_extension.load(
-        name=name,
-        sources=[str(SOURCE)],
-        extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fopenmp"],
-        extra_ldflags=["-fopenmp"],
-        verbose=False,
-    )
+    return cpp_build.load("rmsprop_cpu", SOURCE, "RMSprop(compiled=True)")
 
 
 def fused_cpu_update(tensors: GroupTensors, hp: Hyperparameters) -> bool:

@@ -11,19 +11,22 @@ skip-connected LSTM stack (``SkipLSTM``), and every layer feeds a linear output 
 predicts the next symbol (eq. 6-7). The loss is the mean negative log-likelihood in nats;
 bits per character = nats / ln 2, logged as ``train/bpc``, ``val/bpc``, ``test/bpc``.
 
-The LSTM layers are ``nn.LSTM`` by default, so cuDNN serves them. ``peephole: true`` builds them
-as the paper's LSTM with peephole connections (eq. 7-11, ``skip_lstm.PeepholeLSTM``), which
-cuDNN lacks: the paper's network, stepped through time in Python and so slower.
+The LSTM layers (``lstm``) are the paper's by default: ``graves`` builds every layer as
+``GravesLSTM``, with peephole connections (eq. 7-11) and in-cell derivative clipping, fused;
+``cudnn`` builds ``nn.LSTM`` layers instead (cuDNN), without peepholes.
 
 Training is truncated BPTT over the datamodule's streams: the hidden state is carried from one
 window to the next (detached) and zeroed when the batch says ``reset``.
 
-Gradient clipping (``grad_clip``): ``elementwise`` clips each derivative to
-``[-grad_clip_value, grad_clip_value]``, the paper's kind of clipping (Sec. 2.1). The paper clips
-the derivatives of the LSTM pre-activations inside the cell, which cuDNN's fused LSTM does not
-expose; here the parameters' derivatives are clipped element-wise, and ``output_grad_clip`` clips
-the derivatives of the output layer's pre-softmax activations exactly as the paper's handwriting
-runs do. ``norm`` is the common global-norm clipping.
+Gradient clipping (``grad_clip``): ``elementwise`` is the paper's (Sec. 2.1): with ``lstm:
+graves`` the derivatives of the loss with respect to the LSTM gates' pre-activations are clipped
+to ``[-grad_clip_value, grad_clip_value]`` inside backpropagation through time, exactly as the
+paper does. The bound holds per sequence, as in the paper's per-sequence training: the objective
+averages over the batch (and, with ``loss_reduction: symbol``, over the window's steps too), so
+the layers clip at the bound times that average's weight. With ``lstm: cudnn``, whose fused LSTM
+exposes no pre-activations, the parameters' derivatives are clipped element-wise instead.
+``output_grad_clip`` clips the derivatives of the output layer's pre-softmax activations as the
+paper's handwriting runs do. ``norm`` is the common global-norm clipping of the parameters.
 
 Dynamic evaluation (Sec. 3.1, the paper's second column): with ``dynamic_eval_lr`` set, ``repro
 validate``/``repro test`` record each window's loss and then take an SGD step on it, so the
@@ -53,7 +56,8 @@ from torchmetrics.aggregation import MeanMetric
 from datamodules.text import Vocabulary
 from optimizers import presets
 from reproductions.experiment import Dashboard, Panel, run_directory
-from reproductions.skip_lstm import LSTMState, SkipLSTM, detach_state
+from reproductions.graves_lstm import clip_gradient
+from reproductions.skip_lstm import LSTMKind, LSTMState, SkipLSTM, detach_state
 
 DASHBOARD = Dashboard(
     caption="Graves 2013 Sec. 3: bits per character, training and validation",
@@ -74,15 +78,17 @@ class CharRNN(pl.LightningModule):
     Args:
         hidden_size: LSTM units per layer (the paper: 700 for Wikipedia, 1000 for PTB).
         num_layers: stacked LSTM layers (the paper: 7 for Wikipedia, 1 for PTB).
-        peephole: the paper's LSTM with peephole connections (eq. 7-11) in every layer; off by
-            default, since cuDNN serves the plain ``nn.LSTM`` and has no peepholes.
+        lstm: ``graves`` (the paper's LSTM: peepholes, in-cell clipping; fused) or ``cudnn``
+            (``nn.LSTM``: no peepholes, parameter clipping).
         input_encoding: ``one_hot`` (the paper) or ``embedding`` of ``embedding_dim``.
         optimizer: built on the parameters; default ``optimizers.presets.Graves`` (eq. 38-41).
         loss_reduction: the training objective: ``sequence`` (the loss summed over each
             window's symbols, averaged over streams: the paper's per-sequence loss) or
             ``symbol`` (the per-symbol mean). BPC is per symbol either way.
-        grad_clip: ``elementwise`` (the paper's kind), ``norm`` (global norm) or ``none``.
-        grad_clip_value: the element-wise range or the maximum norm.
+        grad_clip: ``elementwise`` (the paper's: in the cell with ``lstm: graves``, on the
+            parameters' derivatives with ``lstm: cudnn``), ``norm`` (global norm) or ``none``.
+        grad_clip_value: the element-wise range (per sequence with ``lstm: graves``) or the
+            maximum norm.
         output_grad_clip: clip the derivatives of the output pre-activations to this range.
         dynamic_eval_lr: SGD learning rate of dynamic evaluation; None evaluates statically.
         sample_length, sample_temperature, sample_prime: the text sampled at every validation
@@ -94,7 +100,7 @@ class CharRNN(pl.LightningModule):
         self,
         hidden_size: int = 700,
         num_layers: int = 7,
-        peephole: bool = False,
+        lstm: LSTMKind = "graves",
         input_encoding: Literal["one_hot", "embedding"] = "one_hot",
         embedding_dim: int = 64,
         optimizer: OptimizerCallable = presets.Graves,
@@ -113,8 +119,8 @@ class CharRNN(pl.LightningModule):
                                    ("sample_length", sample_length, 0)):
             if not isinstance(value, int) or value < least:
                 raise ValueError(f"CharRNN: {name} must be an integer >= {least}, got {value!r}")
-        if not isinstance(peephole, bool):
-            raise ValueError(f"CharRNN: peephole must be true or false, got {peephole!r}")
+        if lstm not in ("graves", "cudnn"):
+            raise ValueError(f"CharRNN: lstm must be 'graves' or 'cudnn', got {lstm!r}")
         if input_encoding not in ("one_hot", "embedding"):
             raise ValueError("CharRNN: input_encoding must be 'one_hot' or 'embedding', got "
                              f"{input_encoding!r}")
@@ -163,7 +169,7 @@ class CharRNN(pl.LightningModule):
         self.embedding = nn.Embedding(n, hp.embedding_dim) if hp.input_encoding == "embedding" \
             else None
         input_size = hp.embedding_dim if self.embedding is not None else n
-        self.lstm = SkipLSTM(input_size, hp.hidden_size, hp.num_layers, peephole=hp.peephole)
+        self.lstm = SkipLSTM(input_size, hp.hidden_size, hp.num_layers, lstm=hp.lstm)
         self.output_layer = nn.Linear(self.lstm.output_size, n)  # eq. 6: from every layer
         self.to(device)
 
@@ -174,12 +180,18 @@ class CharRNN(pl.LightningModule):
                                "checkpoint, or call configure_vocabulary")
         x = self.embedding(inputs) if self.embedding is not None else \
             F.one_hot(inputs, len(self.vocabulary)).to(self.output_layer.weight.dtype)
-        features, state = self.lstm(x, state)
-        logits = self.output_layer(features)
-        if self.hparams.output_grad_clip is not None and logits.requires_grad:
-            bound = self.hparams.output_grad_clip
-            logits.register_hook(lambda grad: grad.clamp(-bound, bound))
+        features, state = self.lstm(x, state, self._lstm_clip(inputs))
+        logits = clip_gradient(self.output_layer(features), self.hparams.output_grad_clip)
         return logits, state
+
+    def _lstm_clip(self, inputs: Tensor) -> float | None:
+        """The in-cell clip bound for this batch: ``grad_clip_value`` for one sequence's loss,
+        scaled as ``objective`` scales that loss (1 / batch, or 1 / (batch x steps))."""
+        hp = self.hparams
+        if hp.lstm != "graves" or hp.grad_clip != "elementwise":
+            return None
+        divisor = inputs.shape[0] * (1 if hp.loss_reduction == "sequence" else inputs.shape[1])
+        return hp.grad_clip_value / divisor
 
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Mean negative log-likelihood of the next symbol, in nats (eq. 7)."""
@@ -245,7 +257,11 @@ class CharRNN(pl.LightningModule):
         self._clip_gradients(optimizer)
 
     def _clip_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        algorithm = {"elementwise": "value", "norm": "norm"}.get(self.hparams.grad_clip)
+        # The paper's element-wise clipping happens inside the Graves layers; nn.LSTM's stand-in
+        # clips the parameters' derivatives.
+        in_cell = self.hparams.lstm == "graves"
+        algorithm = {"elementwise": None if in_cell else "value",
+                     "norm": "norm"}.get(self.hparams.grad_clip)
         if algorithm is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip_value,
                                 gradient_clip_algorithm=algorithm)

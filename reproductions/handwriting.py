@@ -21,19 +21,21 @@ layer, feeds every layer (eq. 46-52):
     h^1_t = LSTM^1([x_t, w_{t-1}]),  h^n_t = LSTM^n([x_t, h^{n-1}_t, w_t]),  y_t from [h^1..h^N]
 
 Only layer 1 and the window must step one time step at a time (w_t feeds layer 1 at t+1); the
-upper layers then run as whole-sequence ``nn.LSTM``s.
+upper layers then run over the whole sequence.
+
+The LSTM layers (``lstm``) are the paper's by default: ``graves`` builds ``GravesLSTM`` layers,
+with peephole connections (eq. 7-11), fused; ``cudnn`` builds ``nn.LSTM`` layers (cuDNN), without.
 
 Gradient clipping (Sec. 4): derivatives of the loss with respect to the network outputs y_hat are
-clipped to [-100, 100] and "LSTM derivatives" to [-10, 10], by tensor hooks. The paper clips the
-derivatives with respect to the LSTM gates' pre-activations inside the cell; ``nn.LSTM`` (cuDNN)
-does not expose those, so we clip the derivative with respect to each layer's hidden-state
-outputs h^n_t (per step in the synthesis network's first layer, where it includes the recurrent
-path; for whole-sequence layers it is what flows in from the output layer and the layer above).
-The bounds apply per sequence as in the paper: we backpropagate the batch mean, so each bound is
-divided by the batch size.
+clipped to [-100, 100] by a tensor hook, and "LSTM derivatives" to [-10, 10]: with ``lstm:
+graves`` exactly where the paper clips them, the derivatives with respect to the gates'
+pre-activations inside backpropagation through time. ``nn.LSTM`` (cuDNN) does not expose those,
+so with ``lstm: cudnn`` the clip acts on the derivative with respect to each layer's outputs
+h^n_t (per step in the first layer, where it includes the recurrent path; for whole-sequence
+layers on what flows in from the output layer and the layer above). The bounds apply per sequence
+as in the paper: we backpropagate the batch mean, so each bound is divided by the batch size.
 
-Approximations: no peephole connections (cuDNN has none; see ``skip_lstm.py``); tanh(rho) is kept
-within 1 - 1e-6 of +-1 so the density stays finite.
+Approximation: tanh(rho) is kept within 1 - 1e-6 of +-1 so the density stays finite.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ from torch import Tensor, nn
 from datamodules.handwriting import ALPHABET, denormalise, encode_text
 from optimizers.presets import Graves
 from reproductions.experiment import Dashboard, Panel
+from reproductions.graves_lstm import clip_gradient
 from reproductions.handwriting_pictures import PicturesMixin, figure_of_lines, figure_of_window
-from reproductions.skip_lstm import SkipLSTM
+from reproductions.skip_lstm import LSTMKind, SkipLSTM, lstm_layer
 
 RHO_LIMIT = 1.0 - 1e-6
 DASHBOARD = Dashboard(
@@ -127,28 +130,21 @@ def sample_mixture(y_hat: Tensor, num_mixtures: int, bias: float = 0.0,
     return torch.stack([dx, dy, lift], dim=-1)
 
 
-# ----------------------------------------------------------------------------- gradient clipping
-
-
-def clip_gradient(tensor: Tensor, bound: float) -> Tensor:
-    """Clamp d loss / d tensor to [-bound, bound] on the way back; identity forwards."""
-    if tensor.requires_grad:
-        tensor.register_hook(lambda grad: grad.clamp(-bound, bound))
-    return tensor
-
-
 # ----------------------------------------------------------------------------- prediction
 
 
 class HandwritingBase(PicturesMixin, pl.LightningModule):
     """What prediction and synthesis share: offset statistics, loss, logging, optimizer."""
 
-    def __init__(self, num_mixtures: int, output_clip: float, lstm_clip: float,
+    def __init__(self, num_mixtures: int, output_clip: float, lstm_clip: float, lstm: LSTMKind,
                  optimizer: OptimizerCallable) -> None:
         super().__init__()
         if num_mixtures < 1 or output_clip <= 0 or lstm_clip <= 0:
             raise ValueError(f"{type(self).__name__}: need num_mixtures >= 1 and positive clip "
                              f"bounds, got {num_mixtures}, {output_clip}, {lstm_clip}")
+        if lstm not in ("graves", "cudnn"):
+            raise ValueError(f"{type(self).__name__}: lstm must be 'graves' or 'cudnn', got "
+                             f"{lstm!r}")
         self.optimizer = optimizer
         # The training split's offset statistics (Sec. 4: mean 0, std 1), copied from the
         # datamodule in setup() and stored with every checkpoint as buffers.
@@ -170,8 +166,9 @@ class HandwritingBase(PicturesMixin, pl.LightningModule):
     def clip_output(self, y_hat: Tensor) -> Tensor:
         return clip_gradient(y_hat, self.hparams.output_clip / self.sequences_in_batch)
 
-    def clip_lstm(self, hidden: Tensor) -> Tensor:
-        return clip_gradient(hidden, self.hparams.lstm_clip / self.sequences_in_batch)
+    def lstm_bound(self) -> float:
+        """The LSTM layers' clip bound for this batch: ``lstm_clip`` per sequence."""
+        return self.hparams.lstm_clip / self.sequences_in_batch
 
     def batch_nll(self, batch: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
@@ -199,24 +196,20 @@ class HandwritingPrediction(HandwritingBase):
         num_mixtures: int = 20,
         output_clip: float = 100.0,
         lstm_clip: float = 10.0,
+        lstm: LSTMKind = "graves",
         optimizer: OptimizerCallable = Graves,
         picture_every_n_epochs: int = 1,
         num_samples: int = 4,
         sample_steps: int = 400,
         sample_bias: float = 0.0,
     ) -> None:
-        super().__init__(num_mixtures, output_clip, lstm_clip, optimizer)
+        super().__init__(num_mixtures, output_clip, lstm_clip, lstm, optimizer)
         self.save_hyperparameters(ignore=["optimizer"])
-        self.lstm = SkipLSTM(3, hidden_size, num_layers)
+        self.lstm = SkipLSTM(3, hidden_size, num_layers, lstm=lstm)
         self.output = nn.Linear(self.lstm.output_size, mixture_outputs(num_mixtures))
-        for layer in self.lstm.layers:  # LSTM derivative clipping on each layer's h^n_t
-            layer.register_forward_hook(self._clip_layer_output)
-
-    def _clip_layer_output(self, layer: nn.LSTM, args: tuple, output: tuple[Tensor, tuple]) -> None:
-        self.clip_lstm(output[0])
 
     def forward(self, inputs: Tensor, state=None) -> tuple[Tensor, list]:
-        features, state = self.lstm(inputs, state)
+        features, state = self.lstm(inputs, state, self.lstm_bound())
         return self.clip_output(self.output(features)), state
 
     def batch_nll(self, batch: dict[str, Tensor]) -> Tensor:
@@ -267,6 +260,7 @@ class HandwritingSynthesis(HandwritingBase):
         window_gaussians: int = 10,
         output_clip: float = 100.0,
         lstm_clip: float = 10.0,
+        lstm: LSTMKind = "graves",
         optimizer: OptimizerCallable = Graves,
         initial_steps_per_char: float = 20.0,
         picture_every_n_epochs: int = 1,
@@ -274,21 +268,20 @@ class HandwritingSynthesis(HandwritingBase):
         biases: Sequence[float] = (0.5, 2.0),
         max_steps_per_char: int = 40,
     ) -> None:
-        super().__init__(num_mixtures, output_clip, lstm_clip, optimizer)
+        super().__init__(num_mixtures, output_clip, lstm_clip, lstm, optimizer)
         if window_gaussians < 1 or num_layers < 1 or initial_steps_per_char <= 0:
             raise ValueError("HandwritingSynthesis: need window_gaussians >= 1, num_layers >= 1, "
                              f"initial_steps_per_char > 0, got {window_gaussians}, {num_layers}, "
                              f"{initial_steps_per_char}")
         self.save_hyperparameters(ignore=["optimizer"])
         a, h = len(ALPHABET), hidden_size
-        self.first = nn.LSTMCell(3 + a, h)
+        self.first = lstm_layer(lstm, 3 + a, h)
         self.window = nn.Linear(h, 3 * window_gaussians)
         # Not in the paper: start kappa's step exp(kappa_hat) at 1 / initial_steps_per_char so the
         # untrained window moves about one character per that many pen points (IAM-OnDB: ~25).
         with torch.no_grad():
             self.window.bias[2 * window_gaussians:].fill_(-math.log(initial_steps_per_char))
-        self.upper = nn.ModuleList(nn.LSTM(3 + a + h, h, batch_first=True)
-                                   for _ in range(num_layers - 1))
+        self.upper = nn.ModuleList(lstm_layer(lstm, 3 + a + h, h) for _ in range(num_layers - 1))
         self.output = nn.Linear(num_layers * h, mixture_outputs(num_mixtures))
 
     def initial_state(self, batch_size: int) -> SynthesisState:
@@ -319,10 +312,10 @@ class HandwritingSynthesis(HandwritingBase):
         state = state or self.initial_state(len(inputs))
         onehot = F.one_hot(text, len(ALPHABET)).to(inputs.dtype)
         (h, c), kappa, w = state.first, state.kappa, state.window
+        bound = self.lstm_bound()
         first_outputs, windows, phis = [], [], []
         for x in inputs.unbind(1):
-            h, c = self.first(torch.cat([x, w], dim=-1), (h, c))
-            h = self.clip_lstm(h)
+            h, c = self.first.step(torch.cat([x, w], dim=-1), (h, c), bound)
             w, kappa, phi = self.soft_window(h, kappa, onehot, text_mask)
             first_outputs.append(h)
             windows.append(w)
@@ -330,8 +323,8 @@ class HandwritingSynthesis(HandwritingBase):
         below, windows = torch.stack(first_outputs, 1), torch.stack(windows, 1)
         features, upper_state = [below], []
         for layer, layer_state in zip(self.upper, state.upper):
-            below, layer_state = layer(torch.cat([inputs, below, windows], dim=-1), layer_state)
-            below = self.clip_lstm(below)
+            below, layer_state = layer(torch.cat([inputs, below, windows], dim=-1), layer_state,
+                                       bound)
             features.append(below)
             upper_state.append(layer_state)
         y_hat = self.clip_output(self.output(torch.cat(features, dim=-1)))

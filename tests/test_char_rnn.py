@@ -18,6 +18,7 @@ from torch import nn
 import paper_facts
 from datamodules.text import (UNK, CorpusError, StreamWindows, TextDataModule, Vocabulary)
 from reproductions.char_rnn import CharRNN, main as char_rnn_main, nats_to_bits
+from reproductions.graves_lstm import PeepholeLSTM
 from reproductions.runner.wandb_records import read_finished_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +120,53 @@ def test_bpc_matches_hand_computation(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
+# Derivative clipping
+# ------------------------------------------------------------------------------------------
+class RecordingSGD(torch.optim.SGD):
+    """SGD with lr 0 that keeps the gradients it is stepped with."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.0)
+        self.seen = []
+
+    def step(self, closure=None):
+        loss = super().step(closure)
+        self.seen.append([p.grad.clone() for group in self.param_groups for p in group["params"]])
+        return loss
+
+
+@pytest.mark.parametrize("loss_reduction", ["sequence", "symbol"])
+@pytest.mark.parametrize("lstm", ["graves", "cudnn"])
+def test_elementwise_clipping_in_the_cell_or_on_the_parameters(lstm, loss_reduction, tmp_path,
+                                                                monkeypatch):
+    """``grad_clip: elementwise``. graves: the layers clip their gate pre-activation derivatives
+    at grad_clip_value for one sequence's loss (the objective divides that loss by the batch, and
+    by the window's steps with the per-symbol mean), and the parameters' derivatives are left
+    alone; cudnn: the parameters' derivatives are clipped to grad_clip_value."""
+    from reproductions.graves_lstm import GravesLSTM
+
+    bounds = []
+    forward = GravesLSTM.forward
+    monkeypatch.setattr(GravesLSTM, "forward", lambda self, x, state=None, grad_clip=None: (
+        bounds.append(grad_clip), forward(self, x, state, grad_clip))[1])
+    data = TextDataModule("text", str(write_text(tmp_path, "abcabd" * 200)), batch_size=4,
+                          seq_len=12, val_fraction=0.1, test_fraction=0.0)
+    model = tiny_model(Vocabulary.from_text("abcd"), lstm=lstm, grad_clip="elementwise",
+                       grad_clip_value=0.01, loss_reduction=loss_reduction,
+                       optimizer=RecordingSGD)
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(model, data)
+    gradients = torch.cat([g.flatten() for g in trainer.optimizers[0].seen[0]]).abs()
+    if lstm == "graves":
+        per_sequence = 0.01 / (4 if loss_reduction == "sequence" else 4 * 12)
+        assert bounds == pytest.approx([per_sequence] * 2)   # both layers, one step
+        assert gradients.max() > 0.01                        # the parameters are not clipped
+    else:
+        assert not bounds
+        assert gradients.max() == pytest.approx(0.01)
+
+
+# ------------------------------------------------------------------------------------------
 # Skip connections
 # ------------------------------------------------------------------------------------------
 def test_skip_connections():
@@ -127,8 +175,8 @@ def test_skip_connections():
     first, second = model.lstm.layers
     x1, x2 = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[4, 5, 6, 7]])
 
-    # Layer 1 is a plain LSTM on the one-hot input: compare with torch's own nn.LSTM.
-    reference = nn.LSTM(9, 8, batch_first=True)  # 8 symbols + <unk> in, 8 units
+    # Layer 1 is an LSTM on the one-hot input alone: compare with the reference layer.
+    reference = PeepholeLSTM(9, 8)  # 8 symbols + <unk> in, 8 units
     reference.load_state_dict(first.state_dict())
     features, _ = model.lstm(nn.functional.one_hot(x1, 9).float())
     assert torch.allclose(features[..., :8], reference(nn.functional.one_hot(x1, 9).float())[0])

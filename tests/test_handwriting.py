@@ -218,18 +218,41 @@ def test_output_derivatives_are_clipped_per_sequence():
     assert all(p.grad is not None for p in model.lstm.parameters())
 
 
-def test_lstm_derivatives_are_clipped_per_sequence():
-    model = HandwritingPrediction(hidden_size=8, num_layers=2, num_mixtures=2)
+def test_cudnn_lstm_derivatives_are_clipped_on_h_per_sequence():
+    """``lstm: cudnn``, the approximation: the clip acts on each layer's outputs h^n_t."""
+    model = HandwritingPrediction(hidden_size=8, num_layers=2, num_mixtures=2, lstm="cudnn")
     model.sequences_in_batch = 4
-    hidden = []  # each layer's output sequence, hooked after the model's own clipping hook
+    hidden = []  # each layer's output sequence, hooked after the layer's own clipping hook
     for layer in model.lstm.layers:
         layer.register_forward_hook(lambda module, args, out: hidden.append(out[0]))
-    features, _ = model.lstm(torch.randn(4, 9, 3))
+    features, _ = model.lstm(torch.randn(4, 9, 3), None, model.lstm_bound())
     seen = []
     for h in hidden:
         h.register_hook(seen.append)
     (1e6 * features.sum()).backward()
     assert [g.abs().max().item() for g in seen] == pytest.approx([10.0 / 4] * 2)
+
+
+@pytest.mark.parametrize("model_class", [HandwritingPrediction, HandwritingSynthesis])
+def test_graves_layers_clip_in_the_cell_at_the_per_sequence_bound(model_class, monkeypatch):
+    """``lstm: graves`` (the default): every layer, the synthesis network's stepped first layer
+    included, gets the bound lstm_clip / batch for its in-cell clip (tests/test_graves_lstm.py
+    checks what the layer does with it)."""
+    from reproductions.graves_lstm import GravesLSTM
+
+    bounds = []
+    forward, step = GravesLSTM.forward, GravesLSTM.step
+    monkeypatch.setattr(GravesLSTM, "forward", lambda self, x, state=None, grad_clip=None: (
+        bounds.append(("forward", grad_clip)), forward(self, x, state, grad_clip))[1])
+    monkeypatch.setattr(GravesLSTM, "step", lambda self, x, state, grad_clip=None: (
+        bounds.append(("step", grad_clip)), step(self, x, state, grad_clip))[1])
+    model = model_class(hidden_size=8, num_layers=2, num_mixtures=2)
+    batch = collate_handwriting([(torch.randn(5, 3).clamp(0, 1), encode_text("ab"))] * 4)
+    model.batch_nll(batch).mean().backward()
+    steps = batch["inputs"].shape[1]
+    calls = [("forward", 2.5)] * 2 if model_class is HandwritingPrediction else \
+        [("step", 2.5)] * steps + [("forward", 2.5)]   # the first layer, then the upper one
+    assert bounds == calls
 
 
 # ----------------------------------------------------------------------------- window, sampling

@@ -1,6 +1,6 @@
-"""Graves' (2013) peephole LSTM (eq. 7-11), the ``peephole`` option of ``SkipLSTM`` and
-``CharRNN``: against torch's nn.LSTM, against the equations written out by hand, state carry,
-and a short ``repro fit`` with peepholes on."""
+"""Graves' (2013) skip-connected LSTM stack with its two kinds of layer, ``lstm: graves`` (the
+paper's peephole LSTM, eq. 7-11) and ``lstm: cudnn`` (nn.LSTM): against torch's nn.LSTM, against
+the equations written out by hand, finite differences, state carry, and short ``repro fit``s."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from reproductions.char_rnn import CharRNN
-from reproductions.skip_lstm import PeepholeLSTM, SkipLSTM
+from reproductions.graves_lstm import GravesLSTM, PeepholeLSTM
+from reproductions.handwriting import HandwritingSynthesis
+from reproductions.skip_lstm import CudnnLSTM, SkipLSTM
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "char_rnn" / "smoke.yaml"
@@ -27,12 +29,13 @@ def random_state(layers: int, batch: int, hidden: int, seed: int) -> list:
 
 
 def test_zero_peepholes_equal_torch_lstm():
-    """With w_c* = 0, eq. 7-11 are the standard LSTM: same outputs and states as nn.LSTM."""
+    """With w_c* = 0, eq. 7-11 are the standard LSTM: the fused Graves layers give the same
+    outputs and states as nn.LSTM."""
     torch.manual_seed(0)
-    plain = SkipLSTM(5, 6, num_layers=2).double()
-    peephole = SkipLSTM(5, 6, num_layers=2, peephole=True).double()
+    plain = SkipLSTM(5, 6, num_layers=2, lstm="cudnn").double()
+    peephole = SkipLSTM(5, 6, num_layers=2).double()
     assert all(isinstance(layer, nn.LSTM) for layer in plain.layers)
-    assert all(isinstance(layer, PeepholeLSTM) for layer in peephole.layers)
+    assert all(isinstance(layer, GravesLSTM) for layer in peephole.layers)
     with torch.no_grad():
         for source, target in zip(plain.layers, peephole.layers):
             target.weight_ih.copy_(source.weight_ih_l0)
@@ -56,12 +59,14 @@ def sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-def test_one_step_matches_graves_equations_by_hand():
+@pytest.mark.parametrize("layer_class", [PeepholeLSTM, GravesLSTM])
+def test_one_step_matches_graves_equations_by_hand(layer_class):
     """One time step, unit by unit in Python floats, of Graves (2013) eq. 7-11 with non-zero
-    peepholes; the weights are read through the documented gate order (i, f, g, o)."""
+    peepholes; the weights are read through the documented gate order (i, f, g, o). Both the
+    reference and the fused layer."""
     torch.manual_seed(0)
     n_in, n_hidden, batch = 3, 4, 2
-    cell = PeepholeLSTM(n_in, n_hidden).double()
+    cell = layer_class(n_in, n_hidden).double()
     with torch.no_grad():
         cell.peephole_weight.uniform_(0.5, 1.5)  # large enough to matter
     x = torch.randn(batch, 1, n_in, dtype=torch.float64)
@@ -96,7 +101,7 @@ def test_one_step_matches_graves_equations_by_hand():
 
 def test_state_carry_two_halves_equal_one_pass():
     torch.manual_seed(0)
-    lstm = SkipLSTM(4, 5, num_layers=3, peephole=True).double()
+    lstm = SkipLSTM(4, 5, num_layers=3).double()
     with torch.no_grad():
         for layer in lstm.layers:
             layer.peephole_weight.uniform_(-1.0, 1.0)
@@ -113,11 +118,13 @@ def test_state_carry_two_halves_equal_one_pass():
     assert not torch.allclose(lstm(x[:, 6:])[0], second)
 
 
-def test_gradients_match_finite_differences():
-    """Backpropagation through eq. 7-11 (autograd over the Python time loop) against central
-    finite differences, for the input, the carried state and every weight, peepholes included."""
+@pytest.mark.parametrize("layer_class", [PeepholeLSTM, GravesLSTM])
+def test_gradients_match_finite_differences(layer_class):
+    """Backpropagation through eq. 7-11, without clipping, against central finite differences,
+    for the input, the carried state and every weight, peepholes included: autograd over the
+    reference's Python time loop, and the fused layer's own backward."""
     torch.manual_seed(0)
-    cell = PeepholeLSTM(2, 3).double()
+    cell = layer_class(2, 3).double()
     names = [name for name, _ in cell.named_parameters()]
     x = torch.randn(2, 4, 2, dtype=torch.float64, requires_grad=True)
     h0, c0 = (t.requires_grad_() for t in random_state(1, 2, 3, seed=4)[0])
@@ -131,7 +138,7 @@ def test_gradients_match_finite_differences():
     assert torch.autograd.gradcheck(run, (x, h0, c0, *weights))
 
 
-def test_charrnn_with_peepholes_learns(tmp_path):
+def test_charrnn_with_graves_layers_learns(tmp_path):
     """A few training steps move every peephole weight and lower the loss on a repetitive
     text."""
     from datamodules.text import TextDataModule
@@ -142,7 +149,7 @@ def test_charrnn_with_peepholes_learns(tmp_path):
                           test_fraction=0.0)
     data.setup("fit")
     torch.manual_seed(0)
-    model = CharRNN(hidden_size=8, num_layers=2, peephole=True, grad_clip="none",
+    model = CharRNN(hidden_size=8, num_layers=2, lstm="graves", grad_clip="none",
                     sample_length=0,
                     optimizer=lambda params: torch.optim.Adam(params, lr=3e-2))
     model.configure_vocabulary(data.vocabulary)
@@ -159,20 +166,40 @@ def test_charrnn_with_peepholes_learns(tmp_path):
     assert math.isfinite(last_loss) and last_loss < 0.8 * first_loss
 
 
-def test_bad_peephole_values_are_refused():
-    with pytest.raises(ValueError, match="peephole must be true or false"):
-        SkipLSTM(3, 4, 1, peephole="yes")
-    with pytest.raises(ValueError, match="peephole must be true or false"):
-        CharRNN(peephole=1)
+def test_cudnn_step_equals_its_sequence():
+    """``CudnnLSTM.step`` (torch.lstm_cell, the synthesis network's first layer in ``cudnn``
+    mode) steps through the same recurrence as the layer's own nn.LSTM forward."""
+    torch.manual_seed(0)
+    layer = CudnnLSTM(3, 5).double()
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    (h0,), (c0,) = random_state(1, 2, 5, seed=5)[0]
+    expected, (h_ref, c_ref) = layer(x, (h0[None], c0[None]))
+    h, c, outputs = h0, c0, []
+    for x_t in x.unbind(1):
+        h, c = layer.step(x_t, (h, c))
+        outputs.append(h)
+    torch.testing.assert_close(torch.stack(outputs, 1), expected)
+    torch.testing.assert_close((h, c), (h_ref[0], c_ref[0]))
 
 
-def test_repro_fit_with_peepholes_trains_and_checkpoints(monkeypatch, tmp_path):
-    """`repro fit --model.peephole true` builds the peephole cell in every layer, trains with a
-    finite loss, and the checkpoint rebuilds the same cell with the trained weights."""
+def test_bad_lstm_kinds_are_refused():
+    with pytest.raises(ValueError, match="lstm must be 'graves' or 'cudnn'"):
+        SkipLSTM(3, 4, 1, lstm="peephole")
+    with pytest.raises(ValueError, match="CharRNN: lstm must be 'graves' or 'cudnn'"):
+        CharRNN(lstm=1)
+    with pytest.raises(ValueError, match="HandwritingSynthesis: lstm must be 'graves' or 'cudnn'"):
+        HandwritingSynthesis(lstm="cuda")
+
+
+@pytest.mark.parametrize(("lstm", "layer_class"), [("graves", GravesLSTM),
+                                                   ("cudnn", CudnnLSTM)])
+def test_repro_fit_trains_and_checkpoints_either_kind(lstm, layer_class, monkeypatch, tmp_path):
+    """`repro fit --model.lstm KIND` builds that layer in every position, trains with a finite
+    loss, and the checkpoint rebuilds the same layers with the trained weights."""
     from reproductions.runner.cli import main
 
     monkeypatch.chdir(tmp_path)
-    cli = main(args=["fit", "-c", str(SMOKE), "--model.peephole", "true",
+    cli = main(args=["fit", "-c", str(SMOKE), "--model.lstm", lstm,
                      "--trainer.max_steps", "4", "--trainer.limit_val_batches", "1",
                      "--trainer.val_check_interval", "4", "--trainer.logger", "false",
                      "--trainer.enable_progress_bar", "false",
@@ -181,14 +208,14 @@ def test_repro_fit_with_peepholes_trains_and_checkpoints(monkeypatch, tmp_path):
                      "--data.seq_len", "10", "--model.hidden_size", "8",
                      "--model.sample_length", "0"])
     model = cli.model
-    assert model.hparams.peephole is True
-    assert [type(layer) for layer in model.lstm.layers] == [PeepholeLSTM, PeepholeLSTM]
+    assert model.hparams.lstm == lstm
+    assert [type(layer) for layer in model.lstm.layers] == [layer_class, layer_class]
     metrics = cli.trainer.callback_metrics
     assert cli.trainer.global_step == 4
     assert math.isfinite(metrics["train/bpc"]) and math.isfinite(metrics["val/bpc"])
 
     checkpoint = next(tmp_path.rglob("*.ckpt"))
     restored = CharRNN.load_from_checkpoint(checkpoint)
-    assert [type(layer) for layer in restored.lstm.layers] == [PeepholeLSTM, PeepholeLSTM]
+    assert [type(layer) for layer in restored.lstm.layers] == [layer_class, layer_class]
     inputs = torch.tensor([[0, 1, 2, 3]])
     torch.testing.assert_close(restored(inputs)[0], model(inputs)[0])

@@ -1,0 +1,62 @@
+"""Build a C++ source into a torch extension once per machine, one process at a time.
+
+The build (``torch.utils.cpp_extension.load``, g++ with OpenMP) is cached under
+``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``). Its name carries a hash of the
+source, of this CPU's instruction sets (the code is compiled with ``-march=native``) and of torch's
+version, so a changed source or another machine builds anew. An OS file lock (released by the
+kernel if its holder dies) makes concurrent first uses, such as parallel test processes, wait for
+one build instead of racing; older torch versions guard their builds with a lock file that a
+killed build leaves behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import platform
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+
+def cpu_flags() -> str:
+    """This CPU's instruction-set flags (``/proc/cpuinfo``), or its name where there is none."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def load(prefix: str, source: Path, purpose: str, extra_cflags: tuple[str, ...] = (),
+         is_python_module: bool = True) -> ModuleType | str:
+    """Build ``source`` (once per machine) and load it: a Python module, or with
+    ``is_python_module=False`` a library of torch ops (then ``torch.ops`` holds them)."""
+    # Importing cpp_extension warns that a CPU-only machine has no CUDA runtime: true, and beside
+    # the point for a CPU build.
+    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_logger.level
+    cpp_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        cpp_logger.setLevel(level)
+
+    digest = hashlib.sha256((source.read_text() + cpu_flags() + torch.__version__
+                             + " ".join(extra_cflags)).encode())
+    name = f"{prefix}_{digest.hexdigest()[:12]}"
+    build = Path(cpp_extension._get_build_directory(name, verbose=False))
+    with open(build.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, or by the kernel if we die
+        if not (build / f"{name}.so").exists():
+            print(f"{purpose}: building {source.name} into {build} (once per machine, under a "
+                  "minute)", file=sys.stderr, flush=True)
+        return cpp_extension.load(
+            name=name, sources=[str(source)],
+            extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fopenmp", *extra_cflags],
+            extra_ldflags=["-fopenmp"], is_python_module=is_python_module, verbose=False)
