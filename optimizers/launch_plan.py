@@ -103,29 +103,25 @@ class Trained(NamedTuple):
 
 def trained(params: list[Tensor]) -> Trained | None:
     """The params that have a gradient, with their gradients and the addresses of both; None
-    when there is none, or for a tensor subclass that ``group.local_shards`` does not unwrap.
-    A DTensor's addresses are its local tensor's."""
+    when there is none, for a sparse gradient, or for a tensor subclass that
+    ``group.local_shards`` does not unwrap. A DTensor's addresses are its local tensor's."""
+    if not params:
+        return None
     grads = list(map(_grad, params))
-    if params and is_traceable_wrapper_subclass(params[0]):
+    storage = params
+    if is_traceable_wrapper_subclass(params[0]):
         # DTensors: their local tensors have the storage (and plain methods, where a
         # wrapper's go through __torch_function__)
-        with_grad = [(p, g) for p, g in zip(params, grads) if g is not None]
-        if not with_grad:
-            return None
-        params, grads = map(list, zip(*with_grad))
-        local = local_shards(params, grads)
+        params = [p for p, g in zip(params, grads) if g is not None]
+        grads = [g for g in grads if g is not None]
+        local = local_shards(params, grads) if params else None
         if local is None:
             return None
         storage, grads = local
-    else:
-        if None in grads:  # params without a gradient
-            params = [p for p, g in zip(params, grads) if g is not None]
-            grads = [g for g in grads if g is not None]
-            if not params:
-                return None
-        storage = params
     try:
         grad_addresses = tuple(map(Tensor.data_ptr, grads))
+    except TypeError:  # params without a gradient (None): the others
+        return trained([p for p, g in zip(params, grads) if g is not None])
     except RuntimeError:  # a sparse gradient has no data_ptr
         return None
     return Trained(params, storage, tuple(map(Tensor.data_ptr, storage)), grads,

@@ -235,9 +235,9 @@ def rmsprop_kernel(
         tl.store(step, tl.load(step) + 1.0)
 
 
-def capturing() -> bool:
-    """Whether the current CUDA stream is being captured into a CUDA graph."""
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+def capturing(device: torch.device) -> bool:
+    """Whether the current stream of ``device`` is being captured into a CUDA graph."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def _host_table(count: int, device: torch.device) -> Tensor:
@@ -292,7 +292,7 @@ class KernelLaunch:
     def grad_table_for(self, grad_addresses: tuple[int, ...]) -> Tensor:
         """A device table of these gradient addresses: ``grad_table``, after one small copy when
         the gradients moved; during CUDA graph capture, see the module docstring."""
-        if capturing():
+        if capturing(self.grad_table.device):
             return self._captured_grad_table(grad_addresses)
         if grad_addresses != self.grad_addresses:
             if self.grad_table_in_graph:  # a graph reads it: the eager steps get another
@@ -365,13 +365,13 @@ def _addresses(tensors: GroupTensors) -> tuple[int, ...]:
 
 
 def _build_launch(tensors: GroupTensors, key: tuple[int, ...]) -> KernelLaunch:
-    if capturing():
+    device = tensors.params[0].device
+    if capturing(device):
         raise RuntimeError(
             "RMSprop: the parameters or their state are new or have moved since the last step "
             "outside CUDA graph capture, and the kernel's tables cannot be built during capture. "
             "Run one step outside the capture first (as torch's capturable optimizers need too).")
     n = len(tensors.params)
-    device = tensors.params[0].device
     rows = torch.zeros(n, COLUMNS.value, dtype=torch.int64)
     for column, values in ((PARAM, tensors.params), (SQUARE_AVG, tensors.square_avgs),
                            (GRAD_AVG, tensors.grad_avgs),
