@@ -276,6 +276,8 @@ class KernelLaunch:
     grad_addresses: tuple[int, ...]
     param_dtype: torch.dtype
     state_dtype: torch.dtype
+    device: torch.device = field(init=False)
+    blocks: int = field(init=False)  # programs per launch: rows of block_table
     in_graph: bool = False  # a CUDA graph captured this launch
     grad_table_in_graph: bool = False  # ... and reads grad_table itself
     # What graphs read besides the tables above: host buffers that their replays copy gradient
@@ -287,23 +289,24 @@ class KernelLaunch:
     spare_source: Tensor | None = None
 
     def __post_init__(self) -> None:
-        self.spare_source = _host_table(len(self.grad_addresses), self.grad_table.device)
+        self.device = self.tensor_table.device
+        self.blocks = self.block_table.shape[0]
+        self.spare_source = _host_table(len(self.grad_addresses), self.device)
 
     def grad_table_for(self, grad_addresses: tuple[int, ...]) -> Tensor:
         """A device table of these gradient addresses: ``grad_table``, after one small copy when
         the gradients moved; during CUDA graph capture, see the module docstring."""
-        if capturing(self.grad_table.device):
+        if capturing(self.device):
             return self._captured_grad_table(grad_addresses)
         if grad_addresses != self.grad_addresses:
             if self.grad_table_in_graph:  # a graph reads it: the eager steps get another
                 self.graph_grad_tables.append(self.grad_table)
                 self.grad_table = torch.empty_like(self.grad_table)
                 self.grad_table_in_graph = False
-            self.grad_table.copy_(_int64_table(grad_addresses, self.grad_table.device),
-                                  non_blocking=True)
+            self.grad_table.copy_(_int64_table(grad_addresses, self.device), non_blocking=True)
             self.grad_addresses = grad_addresses
         if self.spare_source is None:  # a capture used it
-            self.spare_source = _host_table(len(grad_addresses), self.grad_table.device)
+            self.spare_source = _host_table(len(grad_addresses), self.device)
         return self.grad_table
 
     def update(self, grad_table: Tensor, hp: Hyperparameters) -> None:
@@ -322,18 +325,17 @@ class KernelLaunch:
             lr_is_tensor, hp.centered, hp.momentum > 0, hp.nesterov, hp.lr_in_momentum,
             hp.eps_in_sqrt, 0 if not hp.weight_decay else (2 if hp.decoupled_weight_decay else 1),
             hp.bias_correction, hp.maximize, BLOCK_SIZE)
-        n_blocks = self.block_table.shape[0]
-        device = self.tensor_table.device
+        device = self.device
         # Triton launches on the current device (and its current stream): make that the tensors'
         # device, as torch's own ops do, for a model spread over several GPUs.
         elsewhere = device.type == "cuda" and device.index != torch.cuda.current_device()
         with torch.cuda.device(device) if elsewhere else contextlib.nullcontext():
             compiled = _COMPILED.get((device.index, constexprs))
             if compiled is not None:
-                compiled[(n_blocks, 1, 1)](
+                compiled[(self.blocks, 1, 1)](
                     *args, *constexprs, stream=torch._C._cuda_getCurrentRawStream(device.index))
                 return
-            compiled = rmsprop_kernel[(n_blocks,)](
+            compiled = rmsprop_kernel[(self.blocks,)](
                 *args, **dict(zip(CONSTEXPRS, constexprs)), num_warps=NUM_WARPS)
             if isinstance(compiled, triton.compiler.CompiledKernel):  # not the interpreter's
                 _COMPILED[(device.index, constexprs)] = compiled
@@ -347,7 +349,7 @@ class KernelLaunch:
         if source is None:
             source = self.spare_source  # None after a capture without an eager step since
             if source is None:
-                source = _host_table(len(grad_addresses), self.grad_table.device)
+                source = _host_table(len(grad_addresses), self.device)
             source.copy_(torch.tensor(grad_addresses, dtype=torch.int64))
             self.graph_grad_sources[grad_addresses] = source
             self.spare_source = None
