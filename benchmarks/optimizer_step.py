@@ -87,9 +87,9 @@ def contenders(device: torch.device, settings: dict) -> dict[str, Callable]:
     if device.type == "cuda":
         found["ours (foreach)"] = ours(fused=False)
         # A captured step costs the host one graph launch: the floor for many small tensors.
-        found["torch foreach, CUDA graph"] = lambda ps: GraphedStep(
+        found["torch foreach (CUDA graph)"] = lambda ps: GraphedStep(
             torch.optim.RMSprop(ps, foreach=True, capturable=True, **settings))
-        found["ours, CUDA graph"] = lambda ps: GraphedStep(RMSprop(ps, **settings))
+        found["ours (CUDA graph)"] = lambda ps: GraphedStep(RMSprop(ps, **settings))
         if importlib.util.find_spec("bitsandbytes") is not None:
             import bitsandbytes
 

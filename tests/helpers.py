@@ -82,7 +82,7 @@ def reference_trajectory(params, settings: dict, steps: int,
         dtype, p = p.dtype, p.double()
         state = reference.init(p, hp)
         for step in range(steps):
-            g = gradient(p.shape, step, index, dtype).double()
+            g = gradient(p.shape, step, index, dtype).to(p.device, torch.float64)
             with rounding or contextlib.nullcontext():
                 p, state = reference.update(p, g, state, hp)
         finals.append(p)
@@ -99,10 +99,10 @@ class RandomRounding(TorchDispatchMode):
     """Monte Carlo arithmetic (Parker, Pierce & Eggert 2000): every float64 arithmetic result
     is multiplied by 1 + d, d uniform in [-unit, unit], as if rounded at that unit roundoff."""
 
-    def __init__(self, unit: float, seed: int) -> None:
+    def __init__(self, unit: float, seed: int, device: torch.device) -> None:
         super().__init__()
         self.unit = unit
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device).manual_seed(seed)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -115,7 +115,8 @@ class RandomRounding(TorchDispatchMode):
 def rounding_spread(params, settings: dict, steps: int) -> tuple[list, list]:
     """How far from the float64 reference an implementation that rounds at the params' dtype
     may land, element by element: the largest deviation of RANDOM_ROUNDINGS reference runs with
-    random rounding (``RandomRounding``), for the final params and each state tensor.
+    random rounding (``RandomRounding``), for the final params and each state tensor,
+    computed on the params' device.
 
     Where the update is well conditioned this is a few units in the last place, far below the
     fixed tolerance. Where it is not, it is what a fixed tolerance ignores: an L2 term that
@@ -130,7 +131,7 @@ def rounding_spread(params, settings: dict, steps: int) -> tuple[list, list]:
                       if isinstance(value, torch.Tensor)} for state in exact_states]
     for seed in range(RANDOM_ROUNDINGS):
         finals, states = reference_trajectory(params, settings, steps,
-                                              RandomRounding(unit, seed))
+                                              RandomRounding(unit, seed, params[0].device))
         for spread, final, e in zip(spreads, finals, exact):
             torch.maximum(spread, (final - e).abs(), out=spread)
         for spread, state, e in zip(state_spreads, states, exact_states):

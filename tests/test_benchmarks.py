@@ -45,7 +45,7 @@ def test_a_graphed_contender_keeps_its_optimizer_alive_for_its_replays(monkeypat
             made.append(weakref.ref(self))
 
     monkeypatch.setattr(optimizer_step, "RMSprop", Recorded)
-    make = optimizer_step.contenders(torch.device("cuda"), {"centered": True})["ours, CUDA graph"]
+    make = optimizer_step.contenders(torch.device("cuda"), {"centered": True})["ours (CUDA graph)"]
     params = [torch.nn.Parameter(torch.randn(3)) for _ in range(2)]
     for p in params:
         p.grad = torch.randn(3)
@@ -58,3 +58,32 @@ def test_a_graphed_contender_keeps_its_optimizer_alive_for_its_replays(monkeypat
     del step
     gc.collect()
     assert optimizer() is None
+
+
+def test_steps_per_second_counts_the_steps_after_the_skipped_batches(tmp_path, caplog):
+    import logging
+
+    import pytorch_lightning as pl
+
+    from benchmarks.steps_per_second import StepsPerSecond
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_index):
+            return self.layer(batch).square().mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    callback = StepsPerSecond(skip=4)
+    trainer = pl.Trainer(max_steps=12, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[callback], default_root_dir=tmp_path, accelerator="cpu")
+    with caplog.at_level(logging.INFO):
+        trainer.fit(Tiny(), torch.utils.data.DataLoader(torch.randn(64, 2), batch_size=4))
+    (line,) = [r.getMessage() for r in caplog.records if "STEPS_PER_SECOND" in r.getMessage()]
+    assert "(8 steps, 8 batches in" in line and "after the first 4 batches" in line
+    assert float(line.split()[1]) > 0

@@ -5,6 +5,7 @@ graph reads outliving a rebuild of the tables included. Skipped without CUDA."""
 import pytest
 import torch
 
+from benchmarks.optimizer_step import GraphedStep
 from optimizers import RMSprop
 
 from helpers import (VARIANTS, assert_matches_reference, gradient, gradients_in_one_buffer,
@@ -31,14 +32,14 @@ def test_kernel_matches_reference_on_cuda(variant, dtype):
     # The tolerance follows each element's conditioning (helpers.rounding_spread): with L2
     # weight decay some of the 4M elements have g = grad + wd theta near 0, where any fp32
     # implementation, the reference's own equations in fp32 included, is 1e-4-1e-3 off.
-    start = initial_params(SHAPES, dtype)
+    start = [p.cuda() for p in initial_params(SHAPES, dtype)]  # the reference on the GPU too
     expected, _ = reference_trajectory(start, VARIANTS[variant], 10)
     spreads, _ = rounding_spread(start, VARIANTS[variant], 10)
-    params = [p.cuda().requires_grad_() for p in start]
+    params = [p.clone().requires_grad_() for p in start]
     run_steps(RMSprop(params, **VARIANTS[variant]), params, 10)
     for p, e, spread in zip(params, expected, spreads):
         assert p.dtype == dtype
-        assert_matches_reference(p.detach().cpu(), e, spread, dtype)
+        assert_matches_reference(p.detach(), e, spread, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -93,19 +94,12 @@ def test_step_captures_in_a_cuda_graph():
     optimizer = RMSprop(params, lr=lr, centered=True, momentum=0.9, capturable=True)
     for p in params:
         p.grad = torch.ones_like(p)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        optimizer.step()  # warm-up outside capture
-    torch.cuda.current_stream().wait_stream(stream)
+    replay = GraphedStep(optimizer)  # a warm-up step outside capture, then the capture
     reference = [p.detach().clone() for p in params]
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        optimizer.step()
-    graph.replay()
+    replay()
     lr.fill_(0.0)  # a tensor lr changes the replayed step without recapture
     before = [p.detach().clone() for p in params]
-    graph.replay()
+    replay()
     for p, b, r in zip(params, before, reference):
         assert not torch.equal(b, r)
         torch.testing.assert_close(p.detach(), b)
@@ -190,14 +184,7 @@ def test_a_graph_captured_before_the_tables_are_rebuilt_still_replays():
     optimizer = RMSprop(params, centered=True, momentum=0.9, capturable=True)
     for p in params:
         p.grad = torch.ones_like(p)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        optimizer.step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        optimizer.step()
+    replay = GraphedStep(optimizer)
     captured_grads = [p.grad for p in params]
     for p in params:
         p.grad = torch.full_like(p, 2.0)  # new storage: an eager step writes another table
@@ -207,7 +194,7 @@ def test_a_graph_captured_before_the_tables_are_rebuilt_still_replays():
     optimizer.step()
     torch.cuda.empty_cache()  # freed blocks go back to the driver: a stale read would fault
     for _ in range(3):
-        graph.replay()
+        replay()
     torch.cuda.synchronize()
     assert not torch.equal(captured_param, params[0].detach())  # the replays moved the old one
     assert all(torch.equal(p.grad, torch.full_like(p, 2.0)) for p in params)
