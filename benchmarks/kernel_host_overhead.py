@@ -4,7 +4,9 @@ With many small tensors a GPU step is bound by the host: the Python that prepare
 not the kernel. That work does not depend on the device, so it can be measured here: the Triton
 kernel path runs on CPU tensors (``TRITON_INTERPRET=1`` lets it take them) with the launch itself
 replaced by a no-op, and the time of ``optimizer.step()`` is what the host spends per step,
-without the launch.
+without the launch. On a GPU, the steps after the first call Triton's compiled launcher
+directly (``KernelLaunch.update``), which adds that call's own time; ``optimizer_step.py``
+measures the whole step there.
 
     python benchmarks/kernel_host_overhead.py
 
@@ -34,7 +36,8 @@ os.environ["TRITON_INTERPRET"] = "1"  # before Triton defines the kernel: it may
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from optimizers import RMSprop, launch_plan, triton_kernel  # noqa: E402
+from optimizers import RMSprop, rmsprop, triton_kernel  # noqa: E402
+from optimizers.launch_plan import GroupLaunches  # noqa: E402
 from benchmarks.optimizer_step import VARIANTS, lstm_like_shapes  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -75,6 +78,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=32, help="LSTM size of the 200 tensors")
     args = parser.parse_args()
     triton_kernel.rmsprop_kernel = NoLaunch()
+    rmsprop.TRITON_ON_CPU = True  # fused=True on CPU tensors: the Triton kernel's path
     shapes = lstm_like_shapes(200, args.hidden)
     rows = []
     for variant, settings in VARIANTS.items():
@@ -82,15 +86,15 @@ def main() -> None:
             "plan, gradients in place": make_case(settings, shapes, moved_gradients=False),
             "plan, gradients moved": make_case(settings, shapes, moved_gradients=True),
         }
-        build = launch_plan.build
-        launch_plan.build = lambda *args: None  # no plan: every step takes the general path
+        make_plan = GroupLaunches.make_plan
+        GroupLaunches.make_plan = lambda *args: None  # no plan: every step takes the general path
         cases["general path (no plan)"] = make_case(settings, shapes, moved_gradients=False)
         times: dict[str, list[float]] = {name: [] for name in cases}
         names = list(cases)
         for repeat in range(args.repeats):
             for name in names[repeat % 3:] + names[:repeat % 3]:
                 times[name].append(cases[name]())
-        launch_plan.build = build
+        GroupLaunches.make_plan = make_plan
         general = statistics.median(times["general path (no plan)"])
         for name, values in times.items():
             median = statistics.median(values)
@@ -101,11 +105,14 @@ def main() -> None:
     lines = [
         f"# Host time of the CUDA kernel path, without the launch ({datetime.date.today()})",
         "",
-        f"Host: CPU {platform.processor() or platform.machine()}; torch {torch.__version__}; "
-        f"Python {platform.python_version()}. 200 LSTM-shaped tensors (hidden {args.hidden}), "
-        f"median of {args.repeats} steps per case, cases interleaved in a rotating order. The "
-        "kernel path ran on CPU tensors under TRITON_INTERPRET=1 with the launch replaced by a "
-        "no-op, so the numbers are the host's own work per step; a GPU adds Triton's launch call.",
+        f"Host: CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f} at the "
+        f"end (shared with other jobs); torch {torch.__version__}; Python "
+        f"{platform.python_version()}. 200 LSTM-shaped tensors (hidden {args.hidden}), median of "
+        f"{args.repeats} steps per case, cases interleaved in a rotating order. The kernel path "
+        "ran on CPU tensors under TRITON_INTERPRET=1 with the launch replaced by a no-op, so the "
+        "numbers are the host's own work per step, torch's step wrapper (profiling hooks) "
+        "included; a GPU adds the call of Triton's compiled launcher.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

@@ -1,9 +1,12 @@
 """Time one optimizer step: torch.optim.RMSprop (for-loop, foreach, torch.compile'd),
-bitsandbytes' RMSprop when installed, and ours (default path, compiled path, Triton kernel); on
-CUDA also torch's capturable foreach step and ours, each captured in a CUDA graph and replayed.
+bitsandbytes' RMSprop when installed, and ours (default path, foreach path, fused=True: the
+Triton kernel on CUDA, the fused C++ loop on the CPU); on CUDA also torch's capturable foreach
+step and ours, each captured in a CUDA graph and replayed.
 
     python benchmarks/optimizer_step.py            # full run on the current device
     python benchmarks/optimizer_step.py --quick    # a short run, small workloads
+    python benchmarks/optimizer_step.py --quick --repeats 3 --contenders "torch foreach,ours"
+                                                   # a smoke run (under compute-sanitizer)
 
 Each number is the median over many steps after warm-up; every ratio is against torch foreach
 measured in the same run. On CUDA the table also gives the effective bandwidth (bytes that the
@@ -48,6 +51,8 @@ def lstm_like_shapes(n_tensors: int, hidden: int) -> list[tuple[int, ...]]:
 def workloads(device: torch.device, quick: bool) -> dict[str, list[tuple[int, ...]]]:
     if device.type == "cuda":
         large = [(8192, 4096), (8192, 4096), (4096, 4096)]  # 84M parameters
+        if quick:
+            large = [(1024, 1024)] * 3
         return {"200 small (LSTM)": lstm_like_shapes(200, 128), "3 large": large}
     if quick:
         return {"200 small (LSTM)": lstm_like_shapes(200, 32), "3 large": [(512, 512)] * 3}
@@ -61,7 +66,8 @@ def bytes_per_element(settings: dict, element_size: int = 4) -> int:
 
 
 def contenders(device: torch.device, settings: dict) -> dict[str, Callable]:
-    """name -> a function params -> step callable (compiles lazily on the first call)."""
+    """name -> a function params -> step callable (compiles lazily on the first call). A
+    callable keeps alive whatever its step uses (the optimizer, a captured graph)."""
     def torch_step(foreach: bool):
         return lambda ps: torch.optim.RMSprop(ps, foreach=foreach, **settings).step
 
@@ -81,30 +87,38 @@ def contenders(device: torch.device, settings: dict) -> dict[str, Callable]:
     if device.type == "cuda":
         found["ours (foreach)"] = ours(fused=False)
         # A captured step costs the host one graph launch: the floor for many small tensors.
-        found["torch foreach, CUDA graph"] = lambda ps: graphed(
+        found["torch foreach (CUDA graph)"] = lambda ps: GraphedStep(
             torch.optim.RMSprop(ps, foreach=True, capturable=True, **settings))
-        found["ours, CUDA graph"] = lambda ps: graphed(RMSprop(ps, **settings))
+        found["ours (CUDA graph)"] = lambda ps: GraphedStep(RMSprop(ps, **settings))
         if importlib.util.find_spec("bitsandbytes") is not None:
             import bitsandbytes
 
             found["bitsandbytes"] = lambda ps: bitsandbytes.optim.RMSprop(ps, **settings).step
     else:
-        found["ours (compiled)"] = ours(compiled=True)
+        found["ours (fused)"] = ours(fused=True)
     return found
 
 
-def graphed(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-    """The optimizer's step captured in a CUDA graph (after one step outside it, as capture
-    needs); replaying it updates the same params from the same gradient storage."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        optimizer.step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        optimizer.step()
-    return graph.replay
+class GraphedStep:
+    """An optimizer's step captured in a CUDA graph (after one step outside it, as capture
+    needs); calling it replays the graph, which updates the same params from the same gradient
+    storage. It holds the optimizer for as long as the graph may replay: the graph reads the
+    optimizer's state (and, for ours, the kernel's tables) at their captured addresses, and an
+    optimizer let go would hand that memory to the next allocations."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            optimizer.step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            optimizer.step()
+
+    def __call__(self) -> None:
+        self.graph.replay()
 
 
 def sync(device: torch.device) -> None:
@@ -152,17 +166,21 @@ def time_side_by_side(makers: dict[str, Callable], shapes, device, warmup: int,
     """
     torch._dynamo.reset()  # every compiled contender starts from scratch
     contenders = {name: Contender(make, shapes, device) for name, make in makers.items()}
-    first = {name: c.timed_step(device) for name, c in contenders.items()}
-    for _ in range(warmup):
-        for c in contenders.values():
-            c.timed_step(device)
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    names = list(contenders)
-    for repeat in range(repeats):
-        # Rotate the order: each contender follows each other one equally often (a step leaves
-        # caches and, on the CPU, OpenMP threads spinning behind it, which slows its successor).
-        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
-            times[name].append(contenders[name].timed_step(device))
+    try:
+        first = {name: c.timed_step(device) for name, c in contenders.items()}
+        for _ in range(warmup):
+            for c in contenders.values():
+                c.timed_step(device)
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        names = list(contenders)
+        for repeat in range(repeats):
+            # Rotate the order: each contender follows each other one equally often (a step
+            # leaves caches and, on the CPU, OpenMP threads spinning behind it, which slows its
+            # successor).
+            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                times[name].append(contenders[name].timed_step(device))
+    finally:
+        sync(device)  # nothing in flight reads the contenders' memory once they are let go
     return {name: (statistics.median(times[name]), first[name]) for name in contenders}
 
 
@@ -191,6 +209,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="small workloads, few repeats")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--contenders", default=None,
+                        help="comma-separated names to time (default: all); torch foreach, the "
+                             "baseline of every ratio, is always timed")
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write")
     parser.add_argument("--warm-compile-cache", action="store_true",
                         help="reuse Inductor's and torch_extensions' on-disk caches (the first-"
@@ -210,8 +232,12 @@ def main() -> None:
     for workload, shapes in workloads(device, args.quick).items():
         numel = sum(torch.Size(s).numel() for s in shapes)
         for variant, settings in VARIANTS.items():
-            results = time_side_by_side(contenders(device, settings), shapes, device,
-                                        warmup=10, repeats=repeats)
+            makers = contenders(device, settings)
+            if args.contenders:
+                wanted = {"torch foreach", *(n.strip() for n in args.contenders.split(","))}
+                makers = {name: make for name, make in makers.items() if name in wanted}
+            results = time_side_by_side(makers, shapes, device, warmup=args.warmup,
+                                        repeats=repeats)
             for name, (median, first) in results.items():
                 print(f"{workload:18} {variant:18} {name:16} {median * 1e3:9.3f} ms "
                       f"(first step {first:.2f} s)", flush=True)
@@ -228,12 +254,13 @@ def main() -> None:
         f"# Optimizer step benchmark ({datetime.date.today()})",
         "",
         f"Device: {device_name(device)}; torch {torch.__version__}; "
-        f"{'quick run' if args.quick else 'full run'}, median of {repeats} steps after 10 warm-up "
+        f"{'quick run' if args.quick else 'full run'}, median of {repeats} steps after "
+        f"{args.warmup} warm-up "
         "steps; contenders take turns step by step in a rotating order; 4 rotating gradient sets; "
         "first step s = "
         f"the first call, {'with warm' if args.warm_compile_cache else 'with empty'} "
         "Inductor and torch_extensions caches (torch compiled compiles each variant; ours "
-        "(compiled) is on the CPU the fused C++ loop, built once per machine: the first variant's "
+        "(fused) is on the CPU the fused C++ loop, built once per machine: the first variant's "
         "first step carries the build).",
         "Workloads: " + "; ".join(
             f"{w}: {len(s)} tensors, {sum(torch.Size(x).numel() for x in s) / 1e6:.1f}M parameters"

@@ -33,10 +33,18 @@ def cpu_flags() -> str:
     return platform.processor()
 
 
-def load(prefix: str, source: Path, purpose: str, extra_cflags: tuple[str, ...] = (),
+def build_name(prefix: str, source: Path, extra_cflags: tuple[str, ...] = ()) -> str:
+    """``prefix`` and a hash of the source, this CPU's instruction sets, torch and the flags."""
+    digest = hashlib.sha256((source.read_text() + cpu_flags() + torch.__version__
+                             + " ".join(extra_cflags)).encode())
+    return f"{prefix}_{digest.hexdigest()[:12]}"
+
+
+def load(prefix: str, source: Path, what: str, extra_cflags: tuple[str, ...] = (),
          is_python_module: bool = True) -> ModuleType | str:
-    """Build ``source`` (once per machine) and load it: a Python module, or with
-    ``is_python_module=False`` a library of torch ops (then ``torch.ops`` holds them)."""
+    """Build ``source`` (once per machine; ``what`` names it in the one line printed then) and
+    load it: a Python module, or with ``is_python_module=False`` a library of torch ops (then
+    ``torch.ops`` holds them)."""
     # Importing cpp_extension warns that a CPU-only machine has no CUDA runtime: true, and beside
     # the point for a CPU build.
     cpp_logger = logging.getLogger("torch.utils.cpp_extension")
@@ -47,14 +55,16 @@ def load(prefix: str, source: Path, purpose: str, extra_cflags: tuple[str, ...] 
     finally:
         cpp_logger.setLevel(level)
 
-    digest = hashlib.sha256((source.read_text() + cpu_flags() + torch.__version__
-                             + " ".join(extra_cflags)).encode())
-    name = f"{prefix}_{digest.hexdigest()[:12]}"
+    name = build_name(prefix, source, extra_cflags)
     build = Path(cpp_extension._get_build_directory(name, verbose=False))
     with open(build.parent / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, or by the kernel if we die
+        # Before torch 2.14, cpp_extension.load locked by the mere existence of a file, which a
+        # killed build leaves behind to keep every later load waiting; under our lock no other
+        # build runs, so one that is there is such a leftover.
+        (build / "lock").unlink(missing_ok=True)
         if not (build / f"{name}.so").exists():
-            print(f"{purpose}: building {source.name} into {build} (once per machine, under a "
+            print(f"building {what} from {source.name} into {build} (once per machine, under a "
                   "minute)", file=sys.stderr, flush=True)
         return cpp_extension.load(
             name=name, sources=[str(source)],

@@ -6,7 +6,6 @@ place, so autograd can follow the step.
 
 from __future__ import annotations
 
-
 from . import reference
 from .group import GroupTensors, compute_dtype
 from .reference import Hyperparameters, RMSpropState
@@ -17,7 +16,7 @@ def for_loop_update(tensors: GroupTensors, hp: Hyperparameters) -> None:
     for i, param in enumerate(tensors.params):
         dtype = compute_dtype(param.dtype)
         state = RMSpropState(
-            step=tensors.steps[i],
+            step=tensors.steps[i].to(dtype),  # the counter is float32: 1 - a^t in dtype
             square_avg=tensors.square_avgs[i].to(dtype),
             grad_avg=tensors.grad_avgs[i].to(dtype) if hp.centered else None,
             momentum_buffer=tensors.momentum_buffers[i].to(dtype) if hp.momentum > 0 else None,

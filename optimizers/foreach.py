@@ -1,15 +1,12 @@
 """The multi-tensor path: the update of ``reference.py`` as a short sequence of ``torch._foreach``
 calls over a whole (device, dtype) bucket. It is the default wherever the Triton kernel is not
-used, the CPU in particular. Compiled by Inductor (``compiled=True``), the same sequence becomes
-fused loops: the opt-in fast CPU path.
+used, the CPU in particular.
 
 Half-precision buckets are promoted to fp32 copies, updated, and written back, so that the math
 is fp32 as in the other paths.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 from torch import Tensor
@@ -30,7 +27,7 @@ class _Scalars:
     """Scalars as the foreach ops should receive them. On the CPU in eager mode every foreach op
     runs a per-tensor fallback that wraps a Python number into a new tensor for each tensor of
     the list (a copy each); one 0-d tensor, made once, serves them all. Elsewhere (CUDA, or
-    traced by Inductor) Python numbers are what the ops take best."""
+    traced by torch.compile) Python numbers are what the ops take best."""
 
     def __init__(self, like: Tensor) -> None:
         self.wrap = like.device.type == "cpu" and not torch.compiler.is_compiling()
@@ -151,19 +148,3 @@ def foreach_update(tensors: GroupTensors, hp: Hyperparameters) -> None:
     ):
         if promoted is not original and promoted:
             torch._foreach_copy_(original, promoted)
-
-
-@functools.cache
-def _compiled_foreach_update():
-    return torch.compile(foreach_update, dynamic=False)
-
-
-def compiled_update(tensors: GroupTensors, hp: Hyperparameters) -> None:
-    """``foreach_update`` compiled by Inductor, once per process and set of shapes.
-
-    A Python-float lr would be baked into the compiled code and recompile at every change of a
-    schedule; as a 0-d tensor it is an input instead.
-    """
-    if not isinstance(hp.lr, Tensor):
-        hp = hp._replace(lr=torch.tensor(hp.lr, dtype=compute_dtype(tensors.params[0].dtype)))
-    _compiled_foreach_update()(tensors, hp)

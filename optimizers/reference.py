@@ -80,13 +80,8 @@ def update(
         g = g + hp.weight_decay * param
 
     v = hp.alpha * state.square_avg + (1 - hp.alpha) * g * g
-    correction = 1 - hp.alpha**t if hp.bias_correction else 1.0
-    s = v / correction
-    m = None
-    if hp.centered:
-        m = hp.alpha * state.grad_avg + (1 - hp.alpha) * g
-        s = s - (m / correction) ** 2
-    d = torch.sqrt(s + hp.eps) if hp.eps_in_sqrt else torch.sqrt(s) + hp.eps
+    m = hp.alpha * state.grad_avg + (1 - hp.alpha) * g if hp.centered else None
+    d, _ = denominator(v, m, t, hp)
     u = g / d
 
     b = None
@@ -98,6 +93,23 @@ def update(
     else:
         param = param - hp.lr * u
     return param, RMSpropState(step=t, square_avg=v, grad_avg=m, momentum_buffer=b)
+
+
+def denominator(v: Tensor, m: Tensor | None, t: int | float | Tensor,
+                hp: Hyperparameters) -> tuple[Tensor, Tensor]:
+    """RMSProp's denominator d, and the statistic s that eps is added to (inside or outside the
+    root), from the state v, m after step t:
+
+        v^ = v / (1 - a^t),  m^ = m / (1 - a^t)    if bias_correction, else v^ = v, m^ = m
+        s = v^ - m^^2  if centered  else  v^
+        d = sqrt(s + eps)  if eps_in_sqrt  else  sqrt(s) + eps
+    """
+    correction = 1 - hp.alpha**t if hp.bias_correction else 1.0
+    s = v / correction
+    if hp.centered:
+        s = s - (m / correction) ** 2
+    d = torch.sqrt(s + hp.eps) if hp.eps_in_sqrt else torch.sqrt(s) + hp.eps
+    return d, s
 
 
 def graves_update(

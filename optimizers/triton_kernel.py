@@ -2,24 +2,33 @@
 
 The launch is driven by tables that live on the device:
 
-* ``tensor_table`` (int64, one row per tensor): the addresses of param, square_avg, grad_avg,
-  momentum_buffer and step, and the tensor's numel;
+* ``tensor_table`` (int64, one row per tensor, columns ``PARAM`` to ``NUMEL``): the addresses of param,
+  square_avg, grad_avg, momentum_buffer and step, and the tensor's numel;
 * ``grad_table`` (int64, one per tensor): the gradient's address, apart because gradients are
   the one thing that may move from step to step (``zero_grad`` frees them);
 * ``block_table`` (int64, one row per program): which tensor the program updates and where its
   block starts.
 
-They are cached on the optimizer. Gradients in new storage cost one small host-to-device copy
-of ``grad_table`` (into a table of its own under CUDA graph capture); the other tables are
-rebuilt only when a param's or a state tensor's storage changes. There is no synchronisation,
-and with stable storage no copy at all; ``launch_plan.py`` then skips the Python walk over the
-params as well.
+They are cached per param group (``launch_plan.GroupLaunches``). Gradients in new storage cost
+one small host-to-device copy of ``grad_table``; the other tables are rebuilt only when a
+param's or a state tensor's storage changes. There is no synchronisation, and with stable
+storage no copy at all; ``launch_plan.py`` then skips the Python walk over the params as well.
+
+CUDA graphs. A captured step reads the tables at replay time, so whatever a graph has read is
+never written again and lives as long as the optimizer: a graph captured on gradients that
+backward allocated in the graph's pool gets its own gradient table, copied at every replay from
+a pinned host buffer kept for it (one per set of gradient addresses, however often it is
+captured); the eager ``grad_table`` that a graph read is replaced, not overwritten, when later
+eager steps see gradients elsewhere; and a launch that a graph captured is kept when the group's
+tables are rebuilt (``launch_plan.GroupLaunches``). The optimizer itself, its state and the
+params must outlive the graph, as for torch's capturable optimizers.
 
 The step counters advance inside the same launch, so a step is exactly one kernel launch. With
 bias correction every program reads its tensor's step and the last one to finish advances it;
 without, no program reads it and the tensor's first program does. Every variant of the update
 rule is a ``tl.constexpr`` specialisation of the one kernel, and each element of params, grads
-and state is read once and written once. The math is fp32 whatever the storage dtype.
+and state is read once and written once. The math is fp32 for fp32 and half-precision params
+and fp64 for fp64 params; the hyperparameters reach the kernel as fp64 in both cases.
 
 This module imports Triton at load time; the optimizer imports it only when the kernel is used,
 so the CPU paths work where Triton is absent. ``TRITON_INTERPRET=1`` runs the same kernel on CPU
@@ -30,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -42,10 +51,13 @@ from .reference import Hyperparameters
 
 BLOCK_SIZE = 2048
 NUM_WARPS = 4
-# tensor_table columns (the kernel reads them by these numbers)
-PARAM, SQUARE_AVG, GRAD_AVG, MOMENTUM_BUFFER, STEP, NUMEL = range(6)
-COLUMNS = 6
-KERNEL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+KERNEL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16,
+                 torch.bfloat16: tl.bfloat16, torch.float64: tl.float64}
+
+
+# The columns of tensor_table, by which the host writes it and the kernel reads it.
+PARAM, SQUARE_AVG, GRAD_AVG, MOMENTUM_BUFFER, STEP, NUMEL = map(tl.constexpr, range(6))
+COLUMNS = tl.constexpr(6)
 
 
 # VECTOR: a full block of a tensor whose arrays all start at multiples of 16 bytes, so that its
@@ -59,11 +71,12 @@ def _pointer(base, column, DTYPE: tl.constexpr, VECTOR: tl.constexpr):
 
 
 @triton.jit
-def _load(base, column, offsets, numel, DTYPE: tl.constexpr, VECTOR: tl.constexpr):
+def _load(base, column, offsets, numel, DTYPE: tl.constexpr, MATH: tl.constexpr,
+          VECTOR: tl.constexpr):
     pointer = _pointer(base, column, DTYPE, VECTOR)
     if VECTOR:
-        return tl.load(pointer + offsets).to(tl.float32)
-    return tl.load(pointer + offsets, mask=offsets < numel, other=0.0).to(tl.float32)
+        return tl.load(pointer + offsets).to(MATH)
+    return tl.load(pointer + offsets, mask=offsets < numel, other=0.0).to(MATH)
 
 
 @triton.jit
@@ -75,17 +88,35 @@ def _store(base, column, offsets, numel, value, DTYPE: tl.constexpr, VECTOR: tl.
         tl.store(pointer + offsets, value.to(DTYPE), mask=offsets < numel)
 
 
+# Correctly rounded square root and quotient: Triton's fp32 sqrt and division are approximate,
+# so fp32 takes the _rn forms (fp32 only); fp64's plain ones are IEEE-exact already.
+@triton.jit
+def _sqrt(x):
+    if x.dtype == tl.float64:
+        return tl.sqrt(x)
+    else:
+        return tl.sqrt_rn(x)
+
+
+@triton.jit
+def _div(x, y):
+    if x.dtype == tl.float64:
+        return x / y
+    else:
+        return tl.div_rn(x, y)
+
+
 @triton.jit
 def _update_block(
-    row, grad_row, offsets, numel, lr, alpha, log2_alpha, eps, weight_decay, momentum,
-    PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, CENTERED: tl.constexpr,
-    HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, LR_IN_MOMENTUM: tl.constexpr,
-    EPS_IN_SQRT: tl.constexpr, WEIGHT_DECAY: tl.constexpr, BIAS_CORRECTION: tl.constexpr,
-    MAXIMIZE: tl.constexpr, VECTOR: tl.constexpr,
+    row, grad_row, offsets, numel, lr, alpha, one_minus_alpha, log2_alpha, eps, weight_decay,
+    momentum, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, MATH: tl.constexpr,
+    CENTERED: tl.constexpr, HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
+    LR_IN_MOMENTUM: tl.constexpr, EPS_IN_SQRT: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
+    BIAS_CORRECTION: tl.constexpr, MAXIMIZE: tl.constexpr, VECTOR: tl.constexpr,
 ):
     # The equations are those of reference.py, in the same order.
-    param = _load(row, 0, offsets, numel, PARAM_DTYPE, VECTOR)
-    grad = _load(grad_row, 0, offsets, numel, PARAM_DTYPE, VECTOR)
+    param = _load(row, PARAM, offsets, numel, PARAM_DTYPE, MATH, VECTOR)
+    grad = _load(grad_row, 0, offsets, numel, PARAM_DTYPE, MATH, VECTOR)
     if MAXIMIZE:
         grad = -grad
     if WEIGHT_DECAY == 1:  # L2: g + wd theta
@@ -93,17 +124,17 @@ def _update_block(
     if WEIGHT_DECAY == 2:  # decoupled: theta (1 - lr wd)
         param = param * (1.0 - lr * weight_decay)
 
-    square_avg = _load(row, 1, offsets, numel, STATE_DTYPE, VECTOR)
-    square_avg = alpha * square_avg + (1.0 - alpha) * grad * grad
-    _store(row, 1, offsets, numel, square_avg, STATE_DTYPE, VECTOR)
+    square_avg = _load(row, SQUARE_AVG, offsets, numel, STATE_DTYPE, MATH, VECTOR)
+    square_avg = alpha * square_avg + one_minus_alpha * grad * grad
+    _store(row, SQUARE_AVG, offsets, numel, square_avg, STATE_DTYPE, VECTOR)
     variance = square_avg
     if CENTERED:
-        grad_avg = _load(row, 2, offsets, numel, STATE_DTYPE, VECTOR)
-        grad_avg = alpha * grad_avg + (1.0 - alpha) * grad
-        _store(row, 2, offsets, numel, grad_avg, STATE_DTYPE, VECTOR)
+        grad_avg = _load(row, GRAD_AVG, offsets, numel, STATE_DTYPE, MATH, VECTOR)
+        grad_avg = alpha * grad_avg + one_minus_alpha * grad
+        _store(row, GRAD_AVG, offsets, numel, grad_avg, STATE_DTYPE, VECTOR)
     if BIAS_CORRECTION:
         # t counts this step; the counter itself advances when the tensor's last block is done
-        t = tl.load(tl.load(row + 4).to(tl.pointer_type(tl.float32))) + 1.0
+        t = tl.load(tl.load(row + STEP).to(tl.pointer_type(tl.float32))).to(MATH) + 1.0
         correction = 1.0 - tl.exp2(t * log2_alpha)  # 1 - alpha^t
         variance = variance / correction
         if CENTERED:
@@ -111,17 +142,17 @@ def _update_block(
     if CENTERED:
         variance = variance - grad_avg * grad_avg
     if EPS_IN_SQRT:
-        denom = tl.sqrt_rn(variance + eps)
+        denom = _sqrt(variance + eps)
     else:
-        denom = tl.sqrt_rn(variance) + eps
-    u = tl.div_rn(grad, denom)
+        denom = _sqrt(variance) + eps
+    u = _div(grad, denom)
 
     if HAS_MOMENTUM:
-        buffer = _load(row, 3, offsets, numel, STATE_DTYPE, VECTOR)
+        buffer = _load(row, MOMENTUM_BUFFER, offsets, numel, STATE_DTYPE, MATH, VECTOR)
         if LR_IN_MOMENTUM:
             u = lr * u
         buffer = momentum * buffer + u
-        _store(row, 3, offsets, numel, buffer, STATE_DTYPE, VECTOR)
+        _store(row, MOMENTUM_BUFFER, offsets, numel, buffer, STATE_DTYPE, VECTOR)
         direction = buffer
         if NESTEROV:
             direction = u + momentum * buffer
@@ -131,17 +162,23 @@ def _update_block(
             param = param - lr * direction
     else:
         param = param - lr * u
-    _store(row, 0, offsets, numel, param, PARAM_DTYPE, VECTOR)
+    _store(row, PARAM, offsets, numel, param, PARAM_DTYPE, VECTOR)
 
 
-@triton.jit
+# The tables and the lr tensor are read one scalar at a time, so their alignment is of no use
+# to the compiler: without that specialisation a compiled kernel holds for any argument values,
+# which lets kernel_update reuse it (see _COMPILED).
+@triton.jit(do_not_specialize_on_alignment=["tensor_table", "grad_table", "block_table",
+                                            "arrivals", "lr_pointer"])
 def rmsprop_kernel(
-    tensor_table, grad_table, block_table, arrivals, lr_pointer, lr_value, alpha, log2_alpha, eps,
-    weight_decay, momentum,
-    PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, LR_IS_TENSOR: tl.constexpr,
-    CENTERED: tl.constexpr, HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
-    LR_IN_MOMENTUM: tl.constexpr, EPS_IN_SQRT: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
-    BIAS_CORRECTION: tl.constexpr, MAXIMIZE: tl.constexpr, BLOCK: tl.constexpr,
+    tensor_table, grad_table, block_table, arrivals, lr_pointer, lr_value: tl.float64,
+    alpha: tl.float64, one_minus_alpha: tl.float64, log2_alpha: tl.float64, eps: tl.float64,
+    weight_decay: tl.float64, momentum: tl.float64,
+    PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, MATH: tl.constexpr,
+    LR_IS_TENSOR: tl.constexpr, CENTERED: tl.constexpr, HAS_MOMENTUM: tl.constexpr,
+    NESTEROV: tl.constexpr, LR_IN_MOMENTUM: tl.constexpr, EPS_IN_SQRT: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr, BIAS_CORRECTION: tl.constexpr, MAXIMIZE: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """One program updates BLOCK elements of one tensor (block_table row = program id); the
     last of a tensor's programs to finish advances its step counter."""
@@ -149,32 +186,41 @@ def rmsprop_kernel(
     tensor = tl.load(block_table + 2 * program)
     # Blocks start at multiples of BLOCK, so a full block of an aligned tensor is aligned too.
     start = tl.multiple_of(tl.load(block_table + 2 * program + 1), BLOCK)
-    row = tensor_table + tensor * 6
+    row = tensor_table + tensor * COLUMNS
     grad_row = grad_table + tensor
-    numel = tl.load(row + 5)
+    numel = tl.load(row + NUMEL)
     offsets = start + tl.arange(0, BLOCK)
     if LR_IS_TENSOR:
-        lr = tl.load(lr_pointer).to(tl.float32)
+        lr = tl.load(lr_pointer).to(MATH)
     else:
-        lr = lr_value
+        lr = tl.full((), lr_value, MATH)
+    # tl.full: an fp64 argument in MATH's precision (the interpreter passes Python floats,
+    # which tl.full takes exactly; a bare float in an expression would be rounded to fp32)
+    alpha = tl.full((), alpha, MATH)
+    one_minus_alpha = tl.full((), one_minus_alpha, MATH)
+    log2_alpha = tl.full((), log2_alpha, MATH)
+    eps = tl.full((), eps, MATH)
+    weight_decay = tl.full((), weight_decay, MATH)
+    momentum = tl.full((), momentum, MATH)
     # Absent state columns hold 0, which leaves the test unchanged. Views into a flat buffer
     # (flat-parameter wrappers, DDP's gradient buckets) may start anywhere: only they, and each
     # tensor's last block, take the masked path.
-    addresses = (tl.load(row + 0) | tl.load(row + 1) | tl.load(row + 2) | tl.load(row + 3)
+    addresses = (tl.load(row + PARAM) | tl.load(row + SQUARE_AVG)
+                 | tl.load(row + GRAD_AVG) | tl.load(row + MOMENTUM_BUFFER)
                  | tl.load(grad_row))
     if (start + BLOCK <= numel) & (addresses % 16 == 0):
         _update_block(
-            row, grad_row, offsets, numel, lr, alpha, log2_alpha, eps, weight_decay, momentum,
-            PARAM_DTYPE, STATE_DTYPE, CENTERED, HAS_MOMENTUM, NESTEROV, LR_IN_MOMENTUM,
-            EPS_IN_SQRT, WEIGHT_DECAY, BIAS_CORRECTION, MAXIMIZE, True,
+            row, grad_row, offsets, numel, lr, alpha, one_minus_alpha, log2_alpha, eps,
+            weight_decay, momentum, PARAM_DTYPE, STATE_DTYPE, MATH, CENTERED, HAS_MOMENTUM,
+            NESTEROV, LR_IN_MOMENTUM, EPS_IN_SQRT, WEIGHT_DECAY, BIAS_CORRECTION, MAXIMIZE, True,
         )
     else:
         _update_block(
-            row, grad_row, offsets, numel, lr, alpha, log2_alpha, eps, weight_decay, momentum,
-            PARAM_DTYPE, STATE_DTYPE, CENTERED, HAS_MOMENTUM, NESTEROV, LR_IN_MOMENTUM,
-            EPS_IN_SQRT, WEIGHT_DECAY, BIAS_CORRECTION, MAXIMIZE, False,
+            row, grad_row, offsets, numel, lr, alpha, one_minus_alpha, log2_alpha, eps,
+            weight_decay, momentum, PARAM_DTYPE, STATE_DTYPE, MATH, CENTERED, HAS_MOMENTUM,
+            NESTEROV, LR_IN_MOMENTUM, EPS_IN_SQRT, WEIGHT_DECAY, BIAS_CORRECTION, MAXIMIZE, False,
         )
-    step = tl.load(row + 4).to(tl.pointer_type(tl.float32))
+    step = tl.load(row + STEP).to(tl.pointer_type(tl.float32))
     if BIAS_CORRECTION:
         # Every program of the tensor reads the step, so only the last to finish may advance
         # it. The barrier orders all of this program's threads' reads before the one thread
@@ -189,20 +235,32 @@ def rmsprop_kernel(
         tl.store(step, tl.load(step) + 1.0)
 
 
-def _capturing() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+def capturing(device: torch.device) -> bool:
+    """Whether the current stream of ``device`` is being captured into a CUDA graph."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-# Host copies of the gradient tables of captured CUDA graphs: every replay copies from them
-# again, so they must outlive graphs whose lifetime this module cannot see. A few bytes each.
-_CAPTURED_GRAD_ADDRESSES: list[Tensor] = []
+def _host_table(count: int, device: torch.device) -> Tensor:
+    """A host int64 buffer for a table of ``device``: pinned when that is a CUDA device, so
+    that a copy from it is truly asynchronous, and may be captured in a CUDA graph."""
+    return torch.empty(count, dtype=torch.int64, pin_memory=device.type == "cuda")
 
 
-def _int64_table(values: list[int] | tuple[int, ...], device: torch.device) -> Tensor:
-    """A device copy of host integers; pinned on CUDA, so that the copy is truly asynchronous
-    (torch's host allocator keeps the pinned block until the copy is done)."""
-    pin = device.type == "cuda"
-    return torch.tensor(values, dtype=torch.int64, pin_memory=pin).to(device, non_blocking=True)
+def _int64_table(values: tuple[int, ...], device: torch.device) -> Tensor:
+    """A device copy of host integers, through a pinned buffer on CUDA (torch's host allocator
+    keeps it until the copy is done)."""
+    host = torch.tensor(values, dtype=torch.int64, pin_memory=device.type == "cuda")
+    return host.to(device, non_blocking=True)
+
+
+# Triton's compiled kernels by (device index, constexpr arguments). Triton's own launch
+# (``rmsprop_kernel[grid](...)``) binds and specialises every argument and looks the kernel up
+# on every call; once a variant is compiled, its launcher is called directly. The kernel does
+# not specialise on argument values (see rmsprop_kernel), so this key is the whole of Triton's.
+_COMPILED: dict[tuple, triton.compiler.CompiledKernel] = {}
+CONSTEXPRS = ("PARAM_DTYPE", "STATE_DTYPE", "MATH", "LR_IS_TENSOR", "CENTERED", "HAS_MOMENTUM",
+              "NESTEROV", "LR_IN_MOMENTUM", "EPS_IN_SQRT", "WEIGHT_DECAY", "BIAS_CORRECTION",
+              "MAXIMIZE", "BLOCK")
 
 
 @dataclass(eq=False)
@@ -218,29 +276,86 @@ class KernelLaunch:
     grad_addresses: tuple[int, ...]
     param_dtype: torch.dtype
     state_dtype: torch.dtype
+    device: torch.device = field(init=False)
+    blocks: int = field(init=False)  # programs per launch: rows of block_table
+    in_graph: bool = False  # a CUDA graph captured this launch
+    grad_table_in_graph: bool = False  # ... and reads grad_table itself
+    # What graphs read besides the tables above: host buffers that their replays copy gradient
+    # addresses from, one per set of addresses; eager gradient tables that they read, replaced.
+    graph_grad_sources: dict[tuple[int, ...], Tensor] = field(default_factory=dict)
+    graph_grad_tables: list[Tensor] = field(default_factory=list)
+    # A host buffer for the next capture on new gradient storage, made outside capture:
+    # allocating pinned memory during capture is not safe on every torch version.
+    spare_source: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.device = self.tensor_table.device
+        self.blocks = self.block_table.shape[0]
+        self.spare_source = _host_table(len(self.grad_addresses), self.device)
 
     def grad_table_for(self, grad_addresses: tuple[int, ...]) -> Tensor:
         """A device table of these gradient addresses: ``grad_table``, after one small copy when
-        the gradients moved.
-
-        During CUDA graph capture (where ``zero_grad()`` lets backward allocate the gradients
-        from the graph's pool) the copy goes to a new table instead, from a host buffer that
-        is kept for every replay to copy again: the graph keeps the addresses it was captured
-        with, and ``grad_table`` stays the eager steps' own. (A graph captured without that copy
-        reads ``grad_table``: eager steps on gradients elsewhere in between would move it.)
-        """
-        if grad_addresses == self.grad_addresses:
-            return self.grad_table
-        if _capturing():
-            source = torch.tensor(grad_addresses, dtype=torch.int64)
-            _CAPTURED_GRAD_ADDRESSES.append(source)
-            table = torch.empty_like(self.grad_table)
-            table.copy_(source, non_blocking=True)
-            return table
-        self.grad_table.copy_(_int64_table(grad_addresses, self.grad_table.device),
-                              non_blocking=True)
-        self.grad_addresses = grad_addresses
+        the gradients moved; during CUDA graph capture, see the module docstring."""
+        if capturing(self.device):
+            return self._captured_grad_table(grad_addresses)
+        if grad_addresses != self.grad_addresses:
+            if self.grad_table_in_graph:  # a graph reads it: the eager steps get another
+                self.graph_grad_tables.append(self.grad_table)
+                self.grad_table = torch.empty_like(self.grad_table)
+                self.grad_table_in_graph = False
+            self.grad_table.copy_(_int64_table(grad_addresses, self.device), non_blocking=True)
+            self.grad_addresses = grad_addresses
+        if self.spare_source is None:  # a capture used it
+            self.spare_source = _host_table(len(grad_addresses), self.device)
         return self.grad_table
+
+    def update(self, grad_table: Tensor, hp: Hyperparameters) -> None:
+        """Launch the kernel once for the whole bucket (step counters included), reading the
+        gradients' addresses from ``grad_table`` (``grad_table_for``)."""
+        lr = hp.lr
+        lr_is_tensor = isinstance(lr, Tensor)
+        alpha = float(hp.alpha)
+        args = (self.tensor_table, grad_table, self.block_table, self.arrivals,
+                lr if lr_is_tensor else self.tensor_table, 0.0 if lr_is_tensor else float(lr),
+                alpha, 1.0 - alpha, math.log2(alpha) if alpha > 0 else -math.inf,
+                float(hp.eps), float(hp.weight_decay), float(hp.momentum))
+        math_dtype = tl.float64 if self.param_dtype == torch.float64 else tl.float32
+        constexprs = (
+            KERNEL_DTYPES[self.param_dtype], KERNEL_DTYPES[self.state_dtype], math_dtype,
+            lr_is_tensor, hp.centered, hp.momentum > 0, hp.nesterov, hp.lr_in_momentum,
+            hp.eps_in_sqrt, 0 if not hp.weight_decay else (2 if hp.decoupled_weight_decay else 1),
+            hp.bias_correction, hp.maximize, BLOCK_SIZE)
+        device = self.device
+        # Triton launches on the current device (and its current stream): make that the tensors'
+        # device, as torch's own ops do, for a model spread over several GPUs.
+        elsewhere = device.type == "cuda" and device.index != torch.cuda.current_device()
+        with torch.cuda.device(device) if elsewhere else contextlib.nullcontext():
+            compiled = _COMPILED.get((device.index, constexprs))
+            if compiled is not None:
+                compiled[(self.blocks, 1, 1)](
+                    *args, *constexprs, stream=torch._C._cuda_getCurrentRawStream(device.index))
+                return
+            compiled = rmsprop_kernel[(self.blocks,)](
+                *args, **dict(zip(CONSTEXPRS, constexprs)), num_warps=NUM_WARPS)
+            if isinstance(compiled, triton.compiler.CompiledKernel):  # not the interpreter's
+                _COMPILED[(device.index, constexprs)] = compiled
+
+    def _captured_grad_table(self, grad_addresses: tuple[int, ...]) -> Tensor:
+        self.in_graph = True
+        if grad_addresses == self.grad_addresses:
+            self.grad_table_in_graph = True
+            return self.grad_table
+        source = self.graph_grad_sources.get(grad_addresses)
+        if source is None:
+            source = self.spare_source  # None after a capture without an eager step since
+            if source is None:
+                source = _host_table(len(grad_addresses), self.device)
+            source.copy_(torch.tensor(grad_addresses, dtype=torch.int64))
+            self.graph_grad_sources[grad_addresses] = source
+            self.spare_source = None
+        table = torch.empty_like(self.grad_table)  # in the graph's pool: its lifetime
+        table.copy_(source, non_blocking=True)  # captured: every replay copies again
+        return table
 
 
 def _addresses(tensors: GroupTensors) -> tuple[int, ...]:
@@ -252,21 +367,21 @@ def _addresses(tensors: GroupTensors) -> tuple[int, ...]:
 
 
 def _build_launch(tensors: GroupTensors, key: tuple[int, ...]) -> KernelLaunch:
-    if _capturing():
+    device = tensors.params[0].device
+    if capturing(device):
         raise RuntimeError(
             "RMSprop: the parameters or their state are new or have moved since the last step "
             "outside CUDA graph capture, and the kernel's tables cannot be built during capture. "
             "Run one step outside the capture first (as torch's capturable optimizers need too).")
     n = len(tensors.params)
-    device = tensors.params[0].device
-    rows = torch.zeros(n, COLUMNS, dtype=torch.int64)
+    rows = torch.zeros(n, COLUMNS.value, dtype=torch.int64)
     for column, values in ((PARAM, tensors.params), (SQUARE_AVG, tensors.square_avgs),
                            (GRAD_AVG, tensors.grad_avgs),
                            (MOMENTUM_BUFFER, tensors.momentum_buffers), (STEP, tensors.steps)):
         if values:
-            rows[:, column] = torch.tensor([t.data_ptr() for t in values], dtype=torch.int64)
+            rows[:, column.value] = torch.tensor([t.data_ptr() for t in values], dtype=torch.int64)
     numels = torch.tensor([p.numel() for p in tensors.params], dtype=torch.int64)
-    rows[:, NUMEL] = numels
+    rows[:, NUMEL.value] = numels
     # Every tensor gets at least one program: an empty one still advances its step.
     blocks_per_tensor = ((numels + BLOCK_SIZE - 1) // BLOCK_SIZE).clamp(min=1)
     tensor_index = torch.repeat_interleave(torch.arange(n), blocks_per_tensor)
@@ -292,11 +407,12 @@ def cached_launch(tensors: GroupTensors, cached: KernelLaunch | None) -> KernelL
 def check_kernel_tensors(tensors: GroupTensors) -> str | None:
     """Why the kernel cannot take this bucket, or None when it can."""
     dtype = tensors.params[0].dtype
+    names = "float32, float64, float16 and bfloat16"
     if dtype not in KERNEL_DTYPES:
-        return f"parameter dtype {dtype} (the kernel takes float32, float16 and bfloat16)"
+        return f"parameter dtype {dtype} (the kernel takes {names})"
     state_dtypes = {t.dtype for t in tensors.square_avgs + tensors.grad_avgs + tensors.momentum_buffers}
     if len(state_dtypes) != 1 or next(iter(state_dtypes)) not in KERNEL_DTYPES:
-        return f"state dtypes {sorted(map(str, state_dtypes))} (one of float32, float16, bfloat16)"
+        return f"state dtypes {sorted(map(str, state_dtypes))} (one of {names})"
     for p, g in zip(tensors.params, tensors.grads):
         if g.dtype != p.dtype:
             return f"gradient dtype {g.dtype} differs from its parameter's {p.dtype}"
@@ -305,28 +421,3 @@ def check_kernel_tensors(tensors: GroupTensors) -> str | None:
     if not all(t.is_contiguous() for t in everything):
         return "a non-contiguous parameter, gradient or state tensor"
     return None
-
-
-def kernel_update(launch: KernelLaunch, grad_table: Tensor, hp: Hyperparameters) -> None:
-    """Launch the kernel once for the whole bucket (step counters included)."""
-    lr = hp.lr
-    lr_is_tensor = isinstance(lr, Tensor)
-    weight_decay_mode = 0 if not hp.weight_decay else (2 if hp.decoupled_weight_decay else 1)
-    n_blocks = launch.block_table.shape[0]
-    device = launch.tensor_table.device
-    # Triton launches on the current device (and its current stream): make that the tensors'
-    # device, as torch's own ops do, for a model spread over several GPUs.
-    elsewhere = device.type == "cuda" and device.index != torch.cuda.current_device()
-    with torch.cuda.device(device) if elsewhere else contextlib.nullcontext():
-        rmsprop_kernel[(n_blocks,)](
-            launch.tensor_table, grad_table, launch.block_table, launch.arrivals,
-            lr if lr_is_tensor else launch.tensor_table, 0.0 if lr_is_tensor else float(lr),
-            float(hp.alpha), math.log2(hp.alpha) if hp.alpha > 0 else -math.inf,
-            float(hp.eps), float(hp.weight_decay), float(hp.momentum),
-            PARAM_DTYPE=KERNEL_DTYPES[launch.param_dtype],
-            STATE_DTYPE=KERNEL_DTYPES[launch.state_dtype],
-            LR_IS_TENSOR=lr_is_tensor, CENTERED=hp.centered, HAS_MOMENTUM=hp.momentum > 0,
-            NESTEROV=hp.nesterov, LR_IN_MOMENTUM=hp.lr_in_momentum, EPS_IN_SQRT=hp.eps_in_sqrt,
-            WEIGHT_DECAY=weight_decay_mode, BIAS_CORRECTION=hp.bias_correction,
-            MAXIMIZE=hp.maximize, BLOCK=BLOCK_SIZE, num_warps=NUM_WARPS,
-        )

@@ -41,7 +41,7 @@ def _vector_flags() -> tuple[str, ...]:
 @functools.cache
 def ops():
     """``torch.ops.graves_lstm``, with the library built (now, if this machine has no build)."""
-    cpp_build.load("graves_lstm_cpu", SOURCE, "GravesLSTM on the CPU", _vector_flags(),
+    cpp_build.load("graves_lstm_cpu", SOURCE, "the CPU cell of GravesLSTM", _vector_flags(),
                    is_python_module=False)
     return torch.ops.graves_lstm
 

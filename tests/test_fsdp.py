@@ -15,6 +15,7 @@ accelerator"); its ``ModelParallelStrategy`` (FSDP2, the module shards itself in
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -25,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from optimizers import RMSprop
+
+from helpers import triton_on_cpu
 
 WORLD_SIZE = 2
 BATCH = 16  # global batch; 8 per rank
@@ -39,8 +42,9 @@ VARIANTS = {
                "momentum": 0.9, "alpha": 0.95, "eps": 1e-4, "foreach": True},
     "kernel": {"lr": 1e-2, "centered": True, "momentum": 0.9, "fused": True},
     "kernel_bias_correction": {"lr": 1e-2, "bias_correction": True, "alpha": 0.9, "fused": True},
-    "fused_cpu_loop": {"lr": 1e-2, "centered": True, "momentum": 0.9, "compiled": True},
+    "fused_cpu_loop": {"lr": 1e-2, "centered": True, "momentum": 0.9, "fused": True},
 }
+TRITON_VARIANTS = {"kernel", "kernel_bias_correction"}  # the others' fused=True: the C++ loop
 
 
 def network() -> nn.Sequential:
@@ -55,16 +59,13 @@ def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
              torch.randint(0, 3, (BATCH,), generator=generator)) for _ in range(STEPS)]
 
 
-def train(model: nn.Module, settings: dict, rows: slice) -> None:
-    optimizer = RMSprop(model.parameters(), **settings)
-    for x, y in batches():
-        optimizer.zero_grad()
-        F.cross_entropy(model(x[rows]), y[rows]).backward()
-        optimizer.step()
-
-
-def inductor_must_not_run(*args) -> None:
-    raise AssertionError("compiled=True fell back to Inductor: the fused CPU loop refused a bucket")
+def train(model: nn.Module, variant: str, rows: slice) -> None:
+    with triton_on_cpu() if variant in TRITON_VARIANTS else contextlib.nullcontext():
+        optimizer = RMSprop(model.parameters(), **VARIANTS[variant])
+        for x, y in batches():
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[rows]), y[rows]).backward()
+            optimizer.step()
 
 
 def check_a_gradient_laid_out_unlike_its_param_is_refused() -> None:
@@ -76,18 +77,16 @@ def check_a_gradient_laid_out_unlike_its_param_is_refused() -> None:
     mesh = init_device_mesh("cpu", (WORLD_SIZE,))
     param = nn.Parameter(distribute_tensor(torch.randn(6, 3), mesh, [Shard(0)]))
     param.grad = distribute_tensor(torch.randn(6, 3), mesh, [Replicate()])
-    with pytest.raises(RuntimeError, match="fused=True but the kernel cannot take a tensor "
-                                           "subclass, or a DTensor gradient or state laid out"):
-        RMSprop([param], fused=True).step()
+    for kernel, context in (("kernel", triton_on_cpu()), ("fused CPU loop", contextlib.nullcontext())):
+        with context, pytest.raises(RuntimeError, match=f"fused=True but the {kernel} cannot take "
+                                                        "a tensor subclass, or a DTensor gradient"):
+            RMSprop([param], fused=True).step()
 
 
-def sharded_worker(rank: int, init_file: str, out: str, variants: dict[str, dict]) -> None:
+def sharded_worker(rank: int, init_file: str, out: str, variants: list[str]) -> None:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
 
-    import optimizers.rmsprop
-
-    optimizers.rmsprop.compiled_update = inductor_must_not_run
     walks = []  # the general path's walks over the params; a launch plan skips them
     walk = RMSprop._init_group
     RMSprop._init_group = lambda self, group: walks.append(1) or walk(self, group)
@@ -97,7 +96,7 @@ def sharded_worker(rank: int, init_file: str, out: str, variants: dict[str, dict
     try:
         check_a_gradient_laid_out_unlike_its_param_is_refused()
         results = {}
-        for variant, settings in variants.items():
+        for variant in variants:
             model = network()
             for layer in model:
                 if isinstance(layer, nn.Linear):
@@ -106,8 +105,8 @@ def sharded_worker(rank: int, init_file: str, out: str, variants: dict[str, dict
             assert all(isinstance(p, DTensor) for p in model.parameters())
             per_rank = BATCH // WORLD_SIZE
             walks.clear()
-            train(model, settings, slice(rank * per_rank, (rank + 1) * per_rank))
-            if settings.get("fused"):  # the steps after the first reused the launch plan
+            train(model, variant, slice(rank * per_rank, (rank + 1) * per_rank))
+            if variant in TRITON_VARIANTS:  # the steps after the first reused the launch plan
                 assert len(walks) == 1, (variant, len(walks))
             results[variant] = {name: p.full_tensor() for name, p in model.named_parameters()}
         if rank == 0:
@@ -116,7 +115,7 @@ def sharded_worker(rank: int, init_file: str, out: str, variants: dict[str, dict
         dist.destroy_process_group()
 
 
-def train_sharded(folder, variants: dict[str, dict]) -> dict[str, dict[str, torch.Tensor]]:
+def train_sharded(folder, variants: list[str]) -> dict[str, dict[str, torch.Tensor]]:
     """``variants`` trained under FSDP2 in one pair of gloo processes: variant -> full weights."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(sharded_worker, args=(str(folder / "init"), str(folder / "sharded.pt"), variants),
@@ -126,18 +125,18 @@ def train_sharded(folder, variants: dict[str, dict]) -> dict[str, dict[str, torc
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
-    return train_sharded(tmp_path_factory.mktemp("fsdp"), VARIANTS)
+    return train_sharded(tmp_path_factory.mktemp("fsdp"), list(VARIANTS))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_fsdp2_shards_with_our_rmsprop_match_one_unsharded_process(sharded, variant):
-    assert_matches_one_process(sharded[variant], VARIANTS[variant])
+    assert_matches_one_process(sharded[variant], variant)
 
 
-def assert_matches_one_process(sharded: dict[str, torch.Tensor], settings: dict) -> None:
+def assert_matches_one_process(sharded: dict[str, torch.Tensor], variant: str) -> None:
     model = network()
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
-    train(model, settings, slice(0, BATCH))
+    train(model, variant, slice(0, BATCH))
     for name, p in model.named_parameters():
         assert (p.detach() - initial[name]).abs().max() > 1e-4, name  # it trained
         torch.testing.assert_close(sharded[name], p.detach(), rtol=1e-5, atol=1e-6, msg=name)

@@ -107,3 +107,30 @@ def test_matches_torch_rmsprop(settings):
         w.grad = grad.clone()
         torch_optimizer.step()
     torch.testing.assert_close(param, w.detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_denominator_is_the_one_torch_divides_by(centered):
+    # torch.optim.RMSprop (no momentum) moves theta by -lr g / d: d recovered from its step,
+    # after five steps, against reference.denominator of torch's own state.
+    param = torch.nn.Parameter(torch.linspace(-1, 1, 6))
+    optimizer = torch.optim.RMSprop([param], lr=1e-2, alpha=0.9, eps=1e-3, centered=centered)
+    for grad in gradient_sequence((6,), 5):
+        before = param.detach().clone()
+        param.grad = grad
+        optimizer.step()
+    state = optimizer.state[param]
+    hp = Hyperparameters(lr=1e-2, alpha=0.9, eps=1e-3, centered=centered)
+    d, s = reference.denominator(state["square_avg"], state.get("grad_avg"), 5, hp)
+    torch.testing.assert_close(d, -1e-2 * grad / (param.detach() - before))
+    expected_s = state["square_avg"] - state["grad_avg"] ** 2 if centered else state["square_avg"]
+    torch.testing.assert_close(s, expected_s)
+
+
+def test_denominator_with_eps_in_the_root_and_bias_correction_by_hand():
+    # v = 0.36, m = 0.4 after step t = 2 of alpha 0.5: corrections 1 - 0.25 = 0.75
+    hp = Hyperparameters(alpha=0.5, eps=0.01, centered=True, eps_in_sqrt=True,
+                         bias_correction=True)
+    d, s = reference.denominator(torch.tensor([0.36]), torch.tensor([0.4]), 2, hp)
+    assert s.item() == pytest.approx(0.36 / 0.75 - (0.4 / 0.75) ** 2)
+    assert d.item() == pytest.approx(math.sqrt(0.36 / 0.75 - (0.4 / 0.75) ** 2 + 0.01))

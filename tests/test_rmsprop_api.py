@@ -1,20 +1,16 @@
 """RMSprop as a drop-in for torch.optim.RMSprop: arguments, state dicts both ways, closures,
-errors, presets, and the kernel's table cache."""
+errors, presets."""
 
+import contextlib
 import copy
-import weakref
 import re
 
 import pytest
 import torch
 
 from optimizers import RMSprop, presets
-from optimizers.rmsprop import kernel_can_run
 
-from helpers import gradient, initial_params
-
-needs_kernel = pytest.mark.skipif(not kernel_can_run(torch.device("cpu")),
-                                  reason="Triton is not installed")
+from helpers import gradient, initial_params, needs_triton, triton_on_cpu
 
 
 def test_signature_matches_torch():
@@ -35,8 +31,14 @@ def step_with(optimizer, params, step):
 
 @pytest.mark.parametrize("settings", [{}, {"centered": True, "momentum": 0.9}, {"momentum": 0.5}])
 @pytest.mark.parametrize("direction", ["torch_to_ours", "ours_to_torch"])
-@pytest.mark.parametrize("path", [{}, pytest.param({"fused": True}, marks=needs_kernel)])
-def test_state_dict_interchange_continues_trajectory(settings, direction, path):
+@pytest.mark.parametrize("kernel", ["foreach", "fused_cpu", pytest.param("triton", marks=needs_triton)])
+def test_state_dict_interchange_continues_trajectory(settings, direction, kernel):
+    path = {} if kernel == "foreach" else {"fused": True}
+    with triton_on_cpu() if kernel == "triton" else contextlib.nullcontext():
+        check_state_dict_interchange(settings, direction, path)
+
+
+def check_state_dict_interchange(settings, direction, path):
     start = initial_params([(6,), (3, 4)])
     # Uninterrupted torch run: the trajectory to continue.
     torch_params = [p.clone().requires_grad_() for p in start]
@@ -142,7 +144,8 @@ BAD_SETTINGS = [
     ({"nesterov": True}, "nesterov=True needs momentum > 0"),
     ({"bias_correction": True, "initial_square_avg": 1.0}, "bias_correction=True"),
     ({"fused": True, "foreach": True}, "fused=True and foreach=True"),
-    ({"compiled": True, "differentiable": True}, "compiled=True does not support differentiable"),
+    ({"compiled": True, "differentiable": True}, "fused=True does not support differentiable"),
+    ({"compiled": True, "fused": False}, r"compiled=True \(an alias of fused=True\) and fused=False"),
     ({"state_dtype": "float8"}, "state_dtype must be None or one of"),
     ({"lr": torch.tensor([0.1, 0.2])}, "lr must be a one-element tensor"),
 ]
@@ -159,10 +162,65 @@ def test_bad_value_in_a_param_group_is_caught():
         RMSprop([{"params": [torch.zeros(1, requires_grad=True)], "lr": -1.0}])
 
 
+def test_torchs_own_error_cases_raise_torchs_messages():
+    # torch's OptimizerInfo error inputs for RMSprop, with the exception type and message that
+    # its tests expect of torch.optim.RMSprop: code and tests written against torch keep working.
+    from torch.testing._internal.common_optimizers import optim_error_inputs_func_rmsprop
+
+    cases = optim_error_inputs_func_rmsprop("cpu", torch.float32)
+    assert any("Invalid momentum value" in case.error_regex for case in cases)
+    assert any("Tensor lr must be 1-element" in case.error_regex for case in cases)
+    for case in cases:
+        inputs = case.optimizer_error_input
+        params = inputs.params if inputs.params is not None else [
+            torch.nn.Parameter(torch.randn(1, 1))]
+        if issubclass(case.error_type, Warning):
+            with pytest.warns(case.error_type, match=case.error_regex):
+                RMSprop(params, **inputs.kwargs)
+        else:
+            with pytest.raises(case.error_type, match=case.error_regex):
+                RMSprop(params, **inputs.kwargs)
+
+
+@pytest.mark.parametrize("settings, torch_message", [
+    ({"lr": -0.1}, "Invalid learning rate: -0.1"),
+    ({"eps": -1.0}, "Invalid epsilon value: -1.0"),
+    ({"momentum": -1.0}, "Invalid momentum value: -1.0"),
+    ({"weight_decay": -1.0}, "Invalid weight_decay value: -1.0"),
+    ({"alpha": -1.0}, "Invalid alpha value: -1.0"),
+    ({"lr": torch.tensor([1e-3, 1e-3])}, "Tensor lr must be 1-element"),
+])
+def test_range_errors_carry_torchs_text_beside_ours(settings, torch_message):
+    with pytest.raises(ValueError, match=re.escape(torch_message)) as raised:
+        torch.optim.RMSprop([torch.zeros(1, requires_grad=True)], **settings)
+    assert str(raised.value) == torch_message  # torch's own text, as it is today
+    with pytest.raises(ValueError, match=re.escape(f"({torch_message})")) as raised:
+        RMSprop([torch.zeros(1, requires_grad=True)], **settings)
+    assert str(raised.value).startswith(f"RMSprop: {next(iter(settings))} must be")
+
+
 def test_fused_without_a_kernel_says_why(monkeypatch):
+    with pytest.raises(RuntimeError, match="fused=True but no fused kernel can run: a parameter "
+                                           "is on meta; the fused kernels take CUDA and CPU"):
+        RMSprop([torch.zeros(1, device="meta", requires_grad=True)], fused=True)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(RuntimeError, match=re.escape("fused=True but no kernel can run")):
+    with triton_on_cpu(), pytest.raises(RuntimeError, match="only under TRITON_INTERPRET=1"):
         RMSprop([torch.zeros(1, requires_grad=True)], fused=True)
+
+
+def test_compiled_is_a_deprecated_alias_of_fused():
+    params = [torch.zeros(2, requires_grad=True)]
+    with pytest.warns(DeprecationWarning, match="compiled=True is deprecated; it is fused=True"):
+        optimizer = RMSprop(params, compiled=True)
+    assert optimizer.param_groups[0]["fused"] is True and "compiled" not in optimizer.defaults
+    # a state dict saved when compiled=True was a group setting of its own
+    saved = optimizer.state_dict()
+    saved["param_groups"][0].update(fused=None, compiled=True)
+    restored = RMSprop([torch.zeros(2, requires_grad=True)])
+    with pytest.warns(DeprecationWarning):
+        restored.load_state_dict(saved)
+    assert restored.param_groups[0]["fused"] is True
+    assert "compiled" not in restored.param_groups[0]
 
 
 def test_sparse_gradients_are_refused():
@@ -203,123 +261,3 @@ def test_preset_values_can_be_overridden_and_unknown_names_are_refused():
     assert optimizer.defaults["lr"] == 3e-4 and optimizer.defaults["centered"] is True
     with pytest.raises(ValueError, match="unknown RMSprop preset 'adam'"):
         presets.from_name("adam", [])
-
-
-@needs_kernel
-def test_kernel_tables_follow_moved_gradients_and_rebuild_for_moved_params():
-    params = [p.requires_grad_() for p in initial_params([(10,), (3, 3)])]
-    optimizer = RMSprop(params, fused=True, centered=True)
-    for p in params:
-        p.grad = torch.ones_like(p)
-    optimizer.step()
-    (launch,) = optimizer._launch_plans[0].launches
-    table = launch.tensor_table.clone()
-    params[1].grad = torch.ones(3, 3) * 2  # new storage: only the gradient table follows it
-    optimizer.step()
-    assert optimizer._launch_plans[0].launches == [launch]
-    assert torch.equal(launch.tensor_table, table)
-    assert launch.grad_table.tolist() == [p.grad.data_ptr() for p in params]
-    params[0].data = params[0].data.clone()  # a param in new storage: the tables are rebuilt
-    optimizer.step()
-    (rebuilt,) = optimizer._launch_plans[0].launches
-    assert rebuilt is not launch
-    assert rebuilt.tensor_table[0, 0].item() == params[0].data_ptr()
-
-
-@needs_kernel
-def test_kernel_plan_follows_every_change_of_storage_and_state(monkeypatch):
-    # Steady kernel steps reuse the group's launch plan and skip the walk over the params
-    # (_init_group), also when gradients move. Each other change below must send the step back
-    # through that walk, and the kernel must stay on the foreach path's trajectory, state and
-    # step counters included, throughout.
-    settings = dict(centered=True, momentum=0.9, nesterov=True)
-    start = initial_params([(0,), (5,), (2049,), (3, 4)])  # empty, and more than one block
-    runs = {fused: [p.clone().requires_grad_() for p in start] for fused in (True, False)}
-    optimizers = {fused: RMSprop(params, fused=fused, **settings) for fused, params in runs.items()}
-    walks = []
-    walk = RMSprop._init_group
-    monkeypatch.setattr(RMSprop, "_init_group",
-                        lambda self, group: walks.append(self.defaults["fused"]) or walk(self, group))
-    counter = iter(range(100))
-
-    def steps(count: int, without_grad: tuple[int, ...] = ()) -> int:
-        """Run `count` steps on both paths (gradients written in place); the kernel's walks."""
-        before = walks.count(True)
-        for _ in range(count):
-            step = next(counter)
-            for fused, params in runs.items():
-                for index, p in enumerate(params):
-                    g = gradient(p.shape, step, index, p.dtype)
-                    if index in without_grad:
-                        p.grad = None
-                    elif p.grad is None:
-                        p.grad = g
-                    else:
-                        p.grad.copy_(g)
-                optimizers[fused].step()
-        for p, q in zip(runs[True], runs[False]):
-            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
-            for key, value in optimizers[False].state[q].items():
-                torch.testing.assert_close(optimizers[True].state[p][key], value,
-                                           rtol=1e-4, atol=1e-5)
-        return walks.count(True) - before
-
-    assert steps(4) == 1  # the first step builds the plan
-    kernel_params = runs[True]
-    old_grad = kernel_params[2].grad
-    kernel_params[2].grad = old_grad.clone()  # a gradient in new storage: the plan follows it
-    assert steps(2) == 0
-    freed = weakref.ref(old_grad)
-    del old_grad
-    assert freed() is None  # the plan keeps addresses, not the gradients themselves
-    kernel_params[1].data = kernel_params[1].data.clone()  # a parameter in new storage
-    assert steps(2) == 1
-    for fused in runs:  # new state tensors
-        optimizers[fused].load_state_dict(copy.deepcopy(optimizers[fused].state_dict()))
-    assert steps(2) == 1
-    assert steps(3, without_grad=(3,)) == 1  # a param without a gradient: a plan without it
-    assert steps(2) == 1  # and with it again
-    for optimizer in optimizers.values():  # the state reset: it starts again from step 1
-        optimizer.state.clear()
-    assert steps(2) == 1
-    assert all(optimizers[True].state[p]["step"].item() == 2 for p in kernel_params)
-
-
-@needs_kernel
-def test_gradients_allocated_during_cuda_graph_capture_get_a_table_of_their_own(monkeypatch):
-    # torch's recipe for capturing a whole training step sets the gradients to None, so that
-    # backward allocates them from the graph's pool: the captured step must copy their addresses
-    # into a table of its own (from a host buffer that replays copy again), leaving the eager
-    # table alone, while tables that would need a full rebuild are refused by name.
-    from optimizers import triton_kernel
-
-    settings = dict(centered=True, momentum=0.9)
-    start = initial_params([(10,), (3, 3)])
-    params = [p.clone().requires_grad_() for p in start]
-    copies = [p.clone().requires_grad_() for p in start]
-    fused, foreach = RMSprop(params, fused=True, **settings), RMSprop(copies, **settings)
-    for step in range(3):
-        for optimizer, ps in ((fused, params), (foreach, copies)):
-            for index, p in enumerate(ps):
-                p.grad = gradient(p.shape, step, index, p.dtype)
-            optimizer.step()
-    (launch,) = fused._launch_plans[0].launches
-    eager_table, eager_addresses = launch.grad_table.clone(), launch.grad_addresses
-    kept = len(triton_kernel._CAPTURED_GRAD_ADDRESSES)
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    for optimizer, ps in ((fused, params), (foreach, copies)):
-        for index, p in enumerate(ps):
-            p.grad = gradient(p.shape, 3, index, p.dtype).clone()  # new storage
-        optimizer.step()
-    for p, c in zip(params, copies):
-        torch.testing.assert_close(p, c, rtol=1e-5, atol=1e-6)
-    assert torch.equal(launch.grad_table, eager_table) and launch.grad_addresses == eager_addresses
-    (source,) = triton_kernel._CAPTURED_GRAD_ADDRESSES[kept:]
-    assert source.tolist() == [p.grad.data_ptr() for p in params]
-
-    fused.state.clear()  # new state: its tables cannot be built during capture
-    with pytest.raises(RuntimeError, match="new or have moved since the last step outside CUDA "
-                                           "graph capture.*Run one step outside the capture"):
-        fused.step()

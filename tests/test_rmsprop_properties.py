@@ -1,14 +1,13 @@
 """Random combinations of every setting (hypothesis): the foreach path, the fused CPU loop and
 the kernel follow the float64 reference, whatever the combination."""
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from optimizers import RMSprop
-from optimizers.rmsprop import kernel_can_run
 
-from helpers import initial_params, optimizer_trajectory, reference_trajectory
+from helpers import (initial_params, needs_triton, optimizer_trajectory, reference_trajectory,
+                     triton_on_cpu)
 
 
 @st.composite
@@ -56,11 +55,12 @@ def test_foreach_follows_reference_for_any_combination(config):
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(config=rmsprop_settings())
 def test_fused_cpu_loop_follows_reference_for_any_combination(config):
-    assert_follows_reference(config, {"compiled": True})
+    assert_follows_reference(config, {"fused": True})
 
 
-@pytest.mark.skipif(not kernel_can_run(torch.device("cpu")), reason="Triton is not installed")
+@needs_triton
 @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(config=rmsprop_settings())
 def test_kernel_follows_reference_for_any_combination(config):
-    assert_follows_reference(config, {"fused": True})
+    with triton_on_cpu():
+        assert_follows_reference(config, {"fused": True})

@@ -33,40 +33,31 @@ from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
+from optimizers import reference
+from optimizers.reference import Hyperparameters
+
 QUANTILES = (0.1, 0.5, 0.9)
 
 
-def denominator_statistic(state: dict[str, Tensor], group: dict[str, Any],
-                          index: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """s (what eps is added to, before or after the root) and, when centered, v^ - m^^2 itself;
-    both on the sampled elements (``index`` None: all)."""
+def step_sizes(state: dict[str, Tensor], group: dict[str, Any],
+               index: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """On the sampled elements (``index`` None: all): lr / d, with d the denominator of
+    ``optimizers.reference.denominator``; whether eps outweighs the statistic s it is added to
+    (eps > s inside the root, eps > sqrt(s) outside); and s itself when centered, v^ - m^^2."""
     def take(t: Tensor) -> Tensor:
         flat = t.detach().reshape(-1).float()
         return flat if index is None else flat[index]
 
-    v = take(state["square_avg"])
-    correction = 1.0
-    if group.get("bias_correction") and "step" in state:
-        correction = 1 - group["alpha"] ** float(state["step"])
-    s = v / correction
-    variance = None
-    if group.get("centered") and "grad_avg" in state:
-        variance = s - (take(state["grad_avg"]) / correction) ** 2
-        s = variance
-    return s, variance
-
-
-def step_sizes(s: Tensor, group: dict[str, Any]) -> tuple[Tensor, Tensor]:
-    """lr / d per element, and whether eps outweighs what it is added to (module docstring)."""
-    lr, eps = float(group["lr"]), float(group["eps"])
-    if group.get("eps_in_sqrt"):
-        denominator = torch.sqrt(s.clamp_min(0) + eps)
-        eps_dominated = eps > s
-    else:
-        root = torch.sqrt(s.clamp_min(0))
-        denominator = root + eps
-        eps_dominated = eps > root
-    return lr / denominator, eps_dominated
+    # torch.optim.RMSprop's groups lack our extras: the reference's defaults are torch's
+    hp = Hyperparameters(**{name: group[name] for name in Hyperparameters._fields if name in group})
+    centered = hp.centered and "grad_avg" in state
+    t = float(state["step"]) if hp.bias_correction else 0  # host copy only when it is used
+    d, s = reference.denominator(take(state["square_avg"]),
+                                 take(state["grad_avg"]) if centered else None, t,
+                                 hp._replace(centered=centered))
+    eps = float(hp.eps)
+    eps_dominated = s < (eps if hp.eps_in_sqrt else eps * eps)
+    return float(hp.lr) / d, eps_dominated, s if centered else None
 
 
 def histogram(values: Tensor, bins: int) -> tuple[Tensor, Tensor]:
@@ -197,8 +188,7 @@ class RMSpropMonitor(Callback):
                 sample_index = self._index(p)
                 v = state["square_avg"].detach().reshape(-1).float()
                 v = v if sample_index is None else v[sample_index]
-                s, variance = denominator_statistic(state, group, sample_index)
-                step_size, eps_dominated = step_sizes(s, group)
+                step_size, eps_dominated, variance = step_sizes(state, group, sample_index)
                 before = self._before.get(p)
                 after = self._sample(p) if before is not None else None
                 if self.per_layer:
