@@ -8,7 +8,7 @@
 # Stages, in this order (each with a time limit; one that would not fit in what is left of the
 # 8 minutes is skipped, and says so):
 #   1. versions: Python, torch, Triton, CUDA, driver, the GPU's name, compute-sanitizer, commit;
-#   2. the GPU tests: pytest -m gpu tests/test_gpu.py;
+#   2. the GPU tests: pytest -m gpu tests/test_gpu.py tests/test_graves_lstm.py;
 #   3. the optimizer benchmark, benchmarks/optimizer_step.py, alone on the machine; it writes
 #      benchmarks/results/optimizer_step_<gpu>.md (copied into REPORT_DIR);
 #   4. side by side, to fit the 8 minutes:
@@ -19,7 +19,7 @@
 #        --trainer.accelerator gpu --trainer.max_steps N --trainer.logger false), with its
 #        training steps per second (benchmarks/steps_per_second.py): a floor, since these runs
 #        share the machine with each other and with the sanitizer;
-#   5. benchmarks/loop_overhead.py and benchmarks/graves_lstm_speed.py, where present, alone.
+#   5. benchmarks/loop_overhead.py --quick and benchmarks/graves_lstm_speed.py, alone.
 #
 # REPORT_DIR gets report.md (each stage's status and time, the versions, the steps per second)
 # and one log per stage, 7 files in all.
@@ -65,6 +65,7 @@ PYTHON=${PYTHON:-python3}
 START=$SECONDS
 WORK=$(mktemp -d /tmp/gpu-check.XXXXXX)  # the side-by-side stages' logs and every status row
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled WANDB_SILENT=true
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checkout, not installed there
 
 if [[ $MODE == --cpu ]]; then  # the rehearsal: same stages, CPU settings, a few steps each
     ACCELERATOR=cpu SMOKE_STEPS=15 SMOKE_LIMIT=150 BUDGET=${GPU_CHECK_BUDGET_S:-1200}
@@ -147,7 +148,8 @@ for command in (["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "
 
 # 2. the GPU tests
 run "GPU tests" 120 "$REPORT/gpu_tests.log" \
-    "$PYTHON" -m pytest -p no:cacheprovider -m gpu tests/test_gpu.py -rs -q --timeout=240
+    "$PYTHON" -m pytest -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_graves_lstm.py \
+    -rs -q --timeout=240
 
 # 3. the optimizer benchmark
 BENCH_LOG="$REPORT/optimizer_step.log"
@@ -211,14 +213,11 @@ for i in "${!CONFIGS[@]}"; do
     SPEEDS+=("| ${CONFIGS[i]} | ${speed:-none: see smoke_runs.log} |")
 done
 
-# 5. the loop and LSTM speed benchmarks, where present
-for script in benchmarks/loop_overhead.py benchmarks/graves_lstm_speed.py; do
-    if [[ -f $script ]]; then
-        run "$script" 45 "$REPORT/speed_benchmarks.log" "$PYTHON" "$script"
-    else
-        note "not in this checkout" "$script"
-    fi
-done
+# 5. the loop and LSTM speed benchmarks, short runs on the GPU (their tables go to the log)
+run "benchmarks/loop_overhead.py" 45 "$REPORT/speed_benchmarks.log" \
+    "$PYTHON" benchmarks/loop_overhead.py --quick --out -
+run "benchmarks/graves_lstm_speed.py" 45 "$REPORT/speed_benchmarks.log" \
+    "$PYTHON" benchmarks/graves_lstm_speed.py --repeats 1
 
 [[ $MODE == --dry-run ]] && exit 0
 {
