@@ -30,7 +30,10 @@ def fit(root: Path, *extra: str):
 
 
 def run_ids(root: Path) -> list[str]:
-    return sorted(path.name.rsplit("-", 1)[-1] for path in (root / "wandb").glob("offline-run-*"))
+    """The W&B run id of each offline run folder (from its run-<id>.wandb file: a folder's name
+    gets a suffix when two runs of one id start within the same second)."""
+    return sorted(path.stem.removeprefix("run-")
+                  for path in (root / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
 def test_each_run_has_its_own_folder_and_a_resume_continues_it(tmp_path):
