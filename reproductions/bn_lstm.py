@@ -19,11 +19,14 @@ beyond T_max (the training length) reuse step T_max's. gamma starts at 0.1 (Sec.
 (``benchmarks/bn_lstm_gradient_flow.py``) reproduces that for a batch-normalised tanh RNN; for this
 untrained BN-LSTM it finds the opposite ordering, gamma 0.1 vanishing faster than 1.0.
 
-Speed: the input-to-hidden term and its normalisation do not depend on h, so they are computed for
-all time steps at once (per-step statistics are reductions over the batch axis only); what is
-left in the Python loop is one step of native kernels (``F.batch_norm`` updates step t's population
-statistics in place). ``compile=True`` runs the step through ``torch.compile``; on CPU it is no
-faster at these sizes (``benchmarks/results/bn_lstm_speed.md``), so it is off by default.
+Speed: one time step is two matrix products, three ``F.batch_norm`` calls (each one native
+kernel, which also updates step t's population statistics in place) and the gate nonlinearities.
+The input-to-hidden term does not depend on h, yet it is computed step by step too: for the whole
+sequence at once it is a (batch, time x 4 hidden) tensor, 125 MB at 784 steps, whose batch norm,
+bias add and gradient concatenation in the backward cost more than the recurrence. At 784 steps
+the training step takes about 1.3x ``nn.LSTM``'s time on one CPU thread
+(``benchmarks/results/loop_overhead_cpu.md``). ``compile=True`` runs the step through
+``torch.compile``, which fuses its elementwise work into a few kernels.
 """
 
 from __future__ import annotations
@@ -57,9 +60,8 @@ class StepwiseBatchNorm(nn.Module):
     ``running_var[t]`` are step t's population statistics, kept for t < t_max and reused from
     step t_max - 1 beyond it. ``shift=False`` gives BN(x; gamma, 0), with no beta at all. The
     normalisation itself is ``F.batch_norm`` (one native kernel, cuDNN on GPU) on a row view of
-    the buffers, which it updates in place as ``nn.BatchNorm1d`` does (unbiased variance): whole
-    sequences through ``forward_sequence``, one step at a time through ``bn_lstm_step`` with
-    ``statistics(t)``.
+    the buffers, which it updates in place as ``nn.BatchNorm1d`` does (unbiased variance), one
+    time step at a time in ``bn_lstm_step`` with the rows of ``step_statistics``.
     """
 
     def __init__(self, num_features: int, t_max: int, gamma_init: float = 0.1, shift: bool = True,
@@ -75,57 +77,36 @@ class StepwiseBatchNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(t_max, num_features))
         self.register_buffer("running_var", torch.ones(t_max, num_features))
 
-    def statistics(self, t: int) -> tuple[Tensor | None, Tensor | None]:
-        """Step t's population statistics (views): its own below t_max, else step t_max - 1's in
-        evaluation; in training, steps from t_max on have none and use the batch's alone."""
-        if t < self.t_max:
-            return self.running_mean[t], self.running_var[t]
-        if self.training:
-            return None, None
-        return self.running_mean[-1], self.running_var[-1]
-
-    def forward_sequence(self, x: Tensor) -> Tensor:
-        """Normalise x (batch, time, features) with each step's own statistics, all steps at once.
-
-        Statistics per (step, feature) are reductions over the batch axis alone, so the sequence
-        is one batch of time * features columns with gamma and beta tiled over time.
-        """
-        batch, steps, features = x.shape
-        own = min(steps, self.t_max)  # steps with population statistics of their own
-        parts = [self._normalize_columns(x[:, :own], self.running_mean[:own].reshape(-1),
-                                         self.running_var[:own].reshape(-1))]
-        if steps > own:  # beyond t_max: batch statistics in training, step t_max - 1's in eval
-            beyond = x[:, own:]
-            mean, var = self.statistics(self.t_max)
-            if mean is not None:
-                mean, var = mean.repeat(steps - own), var.repeat(steps - own)
-            parts.append(self._normalize_columns(beyond, mean, var))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-
-    def _normalize_columns(self, x: Tensor, mean: Tensor | None, var: Tensor | None) -> Tensor:
-        batch, steps, features = x.shape
-        bias = None if self.bias is None else self.bias.repeat(steps)
-        out = F.batch_norm(x.reshape(batch, steps * features), mean, var,
-                           self.weight.repeat(steps), bias, self.training, self.momentum, self.eps)
-        return out.view(batch, steps, features)
+    def step_statistics(self, steps: int) -> list[tuple[Tensor | None, Tensor | None]]:
+        """Population statistics (row views) of time steps 0 .. steps - 1: step t's own below
+        t_max; beyond it step t_max - 1's in evaluation, and none in training, where the batch's
+        statistics alone normalise."""
+        own = list(zip(self.running_mean.unbind(0), self.running_var.unbind(0)))
+        beyond = (None, None) if self.training else own[-1]
+        return own[:steps] + [beyond] * (steps - self.t_max)
 
 
-def bn_lstm_step(h: Tensor, c: Tensor, input_term: Tensor, weight_hh: Tensor, bn_hh: Tensor,
-                 bn_c: tuple[Tensor, Tensor], statistics: tuple[Tensor | None, ...],
-                 training: bool, momentum: float, eps: float) -> tuple[Tensor, Tensor]:
-    """One BN-LSTM time step, eq. (6)-(8).
+def bn_lstm_step(x: Tensor, h: Tensor, c: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+                 bias: Tensor, gammas: tuple[Tensor, Tensor, Tensor], beta_c: Tensor,
+                 statistics: tuple[Tensor | None, ...], training: bool, momentum: float,
+                 eps: float) -> tuple[Tensor, Tensor]:
+    """One BN-LSTM time step, eq. (6)-(8), from x_t (batch, input_size) and (h, c) = (h_{t-1},
+    c_{t-1}).
 
-    input_term: BN(W_x x_t; gamma_x, 0) + b, computed for all steps before the loop.
-    bn_hh: gamma_h; bn_c: (gamma_c, beta_c); statistics: step t's population (mean_h, var_h,
-    mean_c, var_c), updated in place in training, or Nones beyond t_max.
+    gammas: (gamma_x, gamma_h, gamma_c); statistics: step t's population (mean_x, var_x, mean_h,
+    var_h, mean_c, var_c), updated in place in training, or Nones beyond t_max. b is the shift of
+    the hidden-to-hidden batch norm: BN(W_h h; gamma_h, 0) + b = BN(W_h h; gamma_h, b).
     """
-    mean_h, var_h, mean_c, var_c = statistics
-    gates = F.batch_norm(h @ weight_hh.t(), mean_h, var_h, bn_hh, None, training, momentum,
-                         eps) + input_term                                          # (6)
-    hidden = h.shape[1]
-    f, i, o = torch.sigmoid(gates[:, :3 * hidden]).chunk(3, dim=1)
-    c = torch.addcmul(f * c, i, torch.tanh(gates[:, 3 * hidden:]))                  # (7)
-    c_hat = F.batch_norm(c, mean_c, var_c, bn_c[0], bn_c[1], training, momentum, eps)
+    mean_x, var_x, mean_h, var_h, mean_c, var_c = statistics
+    gamma_x, gamma_h, gamma_c = gammas
+    gates = (F.batch_norm(h @ weight_hh.t(), mean_h, var_h, gamma_h, bias, training, momentum, eps)
+             + F.batch_norm(x @ weight_ih.t(), mean_x, var_x, gamma_x, None, training, momentum,
+                            eps))                                                   # (6)
+    # split, not slices: its backward is one concatenation, where slices' are zero-fills.
+    sigmoid_gates, g = gates.split((3 * h.shape[1], h.shape[1]), dim=1)
+    f, i, o = torch.sigmoid(sigmoid_gates).chunk(3, dim=1)
+    c = torch.addcmul(f * c, i, torch.tanh(g))                                      # (7)
+    c_hat = F.batch_norm(c, mean_c, var_c, gamma_c, beta_c, training, momentum, eps)
     return o * torch.tanh(c_hat), c                                                 # (8)
 
 
@@ -135,7 +116,7 @@ class BNLSTM(nn.Module):
     Initialisation as the paper's MNIST experiments: orthogonal input-to-hidden weights,
     identity hidden-to-hidden weights (per gate), every gamma at ``gamma_init``, beta_c 0, and
     bias b 0 except the forget gate's ``forget_bias``. ``compile=True`` runs the step through
-    ``torch.compile`` (see ``benchmarks/bn_lstm_speed.py`` for what it buys).
+    ``torch.compile`` (``benchmarks/loop_overhead.py`` times both).
     """
 
     def __init__(self, input_size: int, hidden_size: int, t_max: int, gamma_init: float = 0.1,
@@ -167,15 +148,15 @@ class BNLSTM(nn.Module):
         if self.training and x.shape[0] < 2:
             raise ValueError("BNLSTM: training normalises with batch statistics and needs a batch "
                              f"of at least 2 sequences, got {x.shape[0]}")
-        # BN(W_x x_t; gamma_x, 0) + b for every t at once: it does not depend on the recurrence.
-        input_terms = (self.bn_ih.forward_sequence(x @ self.weight_ih.t()) + self.bias).unbind(1)
+        steps = x.shape[1]
+        statistics = zip(*(bn.step_statistics(steps) for bn in (self.bn_ih, self.bn_hh, self.bn_c)))
+        gammas = (self.bn_ih.weight, self.bn_hh.weight, self.bn_c.weight)
         h, c = state
         hs = []
-        bn_c = (self.bn_c.weight, self.bn_c.bias)
-        for t, input_term in enumerate(input_terms):
-            statistics = (*self.bn_hh.statistics(t), *self.bn_c.statistics(t))
-            h, c = self.step(h, c, input_term, self.weight_hh, self.bn_hh.weight, bn_c, statistics,
-                             self.training, self.bn_hh.momentum, self.bn_hh.eps)
+        for x_t, (stats_x, stats_h, stats_c) in zip(x.unbind(1), statistics):
+            h, c = self.step(x_t, h, c, self.weight_ih, self.weight_hh, self.bias, gammas,
+                             self.bn_c.bias, (*stats_x, *stats_h, *stats_c), self.training,
+                             self.bn_c.momentum, self.bn_c.eps)
             hs.append(h)
         return hs, c
 

@@ -109,16 +109,85 @@ def test_training_updates_each_steps_population_with_that_steps_batch_statistics
 
 def test_training_longer_than_t_max_uses_batch_statistics_and_keeps_t_max_rows():
     torch.manual_seed(0)
-    cell = BNLSTM(2, 4, t_max=2, bn_momentum=1.0).train()
-    x = torch.randn(8, 5, 2)
-    hs, _ = cell.unroll(x, (torch.randn(8, 4), torch.zeros(8, 4)))
+    cell = BNLSTM(2, 4, t_max=2, bn_momentum=1.0).double().train()
+    x, h0, c0 = torch.randn(8, 5, 2).double(), torch.randn(8, 4).double(), torch.zeros(8, 4).double()
+    hs, c = cell.unroll(x, (h0, c0))
     assert len(hs) == 5 and cell.bn_ih.running_mean.shape == (2, 16)
     torch.testing.assert_close(cell.bn_ih.running_mean[1], (x[:, 1] @ cell.weight_ih.T).mean(0))
-    # Batch statistics at every step: each step's pre-tanh cell is normalised to gamma * z + beta,
-    # so over the batch the normalised input-to-hidden term has mean 0, std gamma at step 4 too.
-    wx = x[:, 4] @ cell.weight_ih.T
-    normalised = cell.bn_ih.forward_sequence(x @ cell.weight_ih.T)[:, 4]
-    torch.testing.assert_close(normalised, 0.1 * (wx - wx.mean(0)) / torch.sqrt(wx.var(0, unbiased=False) + EPS))
+    # Step 4, beyond t_max, normalises with its batch's own statistics: eq. (6)-(8) by hand.
+    _, c_3 = cell.unroll(x[:, :4], (h0, c0))
+    h_4, c_4 = hand_step(cell, x[:, 4], hs[3], c_3)
+    torch.testing.assert_close(hs[4], h_4)
+    torch.testing.assert_close(c, c_4)
+
+
+def reference_unroll(cell, x, h0, c0, momentum):
+    """Eq. (6)-(8) in training over a whole sequence, written out step by step from the cell's
+    parameters: batch statistics (biased variance) normalise; step t's population statistics
+    (t < t_max) move towards the batch's (unbiased variance, as nn.BatchNorm1d) by ``momentum``.
+    Returns every h_t, the last c, and the new population statistics (the cell's are left as
+    they are)."""
+    stats = {name: buffer.clone() for name, buffer in cell.named_buffers()}
+    t_max = stats["bn_c.running_mean"].shape[0]
+
+    def normalize(z, bn, name, t):
+        mean, var = z.mean(0), z.var(0, unbiased=False)
+        if t < t_max:
+            for key, batch_value in (("running_mean", mean), ("running_var", z.var(0))):
+                row = stats[f"{name}.{key}"][t]
+                row.copy_((1 - momentum) * row + momentum * batch_value.detach())
+        return hand_bn(z, mean, var, bn.weight, 0.0 if bn.bias is None else bn.bias)
+
+    hs, h, c = [], h0, c0
+    H = h0.shape[1]
+    for t in range(x.shape[1]):
+        pre = normalize(h @ cell.weight_hh.T, cell.bn_hh, "bn_hh", t) \
+            + normalize(x[:, t] @ cell.weight_ih.T, cell.bn_ih, "bn_ih", t) + cell.bias   # (6)
+        f, i, o, g = pre[:, :H], pre[:, H:2 * H], pre[:, 2 * H:3 * H], pre[:, 3 * H:]
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)                     # (7)
+        h = torch.sigmoid(o) * torch.tanh(normalize(c, cell.bn_c, "bn_c", t))           # (8)
+        hs.append(h)
+    return hs, c, stats
+
+
+@pytest.mark.parametrize("dtype, steps, t_max, tolerance", [
+    (torch.float64, 6, 6, 1e-10), (torch.float64, 7, 4, 1e-10), (torch.float32, 100, 100, 1e-4)])
+def test_training_unroll_matches_a_reference_of_eq_6_to_8_values_gradients_and_statistics(
+        dtype, steps, t_max, tolerance):
+    """Forward, every gradient (inputs, initial state, parameters) and the updated population
+    statistics, against ``reference_unroll`` in float64 on the same parameters: random ones in
+    float64, the paper's initialisation over 100 steps in float32 (random weights make a chaotic
+    recurrence whose float32 gradients drift from float64's by more than the formulation)."""
+    if dtype == torch.float64:
+        cell = randomized_bnlstm(input_size=3, hidden=5, t_max=t_max, seed=2, bn_momentum=0.3)
+    else:
+        torch.manual_seed(2)
+        cell = BNLSTM(3, 5, t_max, bn_momentum=0.3).double()
+    torch.manual_seed(3)
+    x, h0, c0 = (torch.randn(9, steps, 3).double(), torch.randn(9, 5).double(),
+                 torch.randn(9, 5).double())
+    weights = torch.randn(steps + 1, 9, 5).double()  # a loss that reads every h_t and the last c
+
+    def loss(hs, c):
+        return sum((h * w).sum() for h, w in zip([*hs, c], weights))
+
+    leaves = [x, h0, c0]
+    for leaf in leaves:
+        leaf.requires_grad_(True)
+    expected_hs, expected_c, expected_stats = reference_unroll(cell, x, h0, c0, momentum=0.3)
+    expected_grads = torch.autograd.grad(loss(expected_hs, expected_c),
+                                         leaves + list(cell.parameters()))
+    tested = cell.to(dtype).train()
+    inputs = [leaf.detach().to(dtype).requires_grad_(True) for leaf in leaves]
+    hs, c = tested.unroll(inputs[0], (inputs[1], inputs[2]))
+    grads = torch.autograd.grad(loss(hs, c), inputs + list(tested.parameters()))
+    close = dict(rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(torch.stack(hs).double(), torch.stack(expected_hs).detach(), **close)
+    torch.testing.assert_close(c.double(), expected_c.detach(), **close)
+    for grad, expected in zip(grads, expected_grads):
+        torch.testing.assert_close(grad.double(), expected, **close)
+    for name, buffer in tested.named_buffers():
+        torch.testing.assert_close(buffer.double(), expected_stats[name], **close)
 
 
 def test_evaluation_is_independent_of_batch_composition():
