@@ -1,0 +1,409 @@
+"""What our training loops cost beyond the work itself, against plain PyTorch, in one run.
+
+    OMP_NUM_THREADS=1 flock /tmp/rmsprop-bench.lock python benchmarks/loop_overhead.py
+    python benchmarks/loop_overhead.py --device cuda             # on a GPU
+    python benchmarks/loop_overhead.py --quick --out -           # about a minute, table printed
+
+WGAN, as ``configs/wgan/smoke.yaml`` (mnist5k at 32x32, DCGAN ngf = ndf = 32, batch 64, n_critic
+5, clipping 0.01, RMSProp):
+
+* plain: a PyTorch loop over the same modules, optimizers and DataLoader doing the same steps:
+  the critic steps with their clip, a generator step after each schedule's worth, W and the
+  generator loss read to the host once per generator iteration (the reference code prints them),
+  the networks and optimizers saved at each epoch's end (the reference code saves its networks);
+* Lightning: ``reproductions.wgan.WGAN`` under a ``Trainer`` with smoke.yaml's trainer settings
+  (its epoch-end checkpoint included), no logger, no progress bar;
+* repro fit: the Trainer that ``repro fit -c configs/wgan/smoke.yaml --trainer.logger false``
+  builds, with the runner's callbacks (step seeding, non-finite step guard, RMSProp monitor,
+  its checkpoints). ``--ablate-callbacks`` adds it once without each of them.
+
+Every run starts from the same seed; generator iterations ``K0`` to ``K1`` are timed (after the
+smoke schedule's critic bursts, before its first sample grid and Frechet distance, which are
+turned off). BN-LSTM: one training step (forward, backward, RMSProp step) of
+``SequentialClassifier`` on sequential-MNIST shapes (batch 100, 100 units) with ``cell: lstm``
+(``nn.LSTM``) and ``cell: bn_lstm``, eager and ``torch.compile``d, at 784, 196 and 49 time steps.
+
+Contenders run interleaved, in a rotating order, over several rounds; the table gives medians and
+ratios measured side by side. The clock is the process's CPU time on the CPU (a shared machine's
+other processes do not count; wall-clock medians beside it) and the wall clock on CUDA.
+Operations per time step are counted with ``torch.profiler`` at two sequence lengths (the
+difference over the extra steps): on CUDA the kernels launched, on the CPU the ATen operators
+called from Python and autograd (views and allocations left out) and Inductor's fused kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import pytorch_lightning as pl  # noqa: E402
+
+from reproductions.bn_lstm import SequentialClassifier  # noqa: E402
+from reproductions.cli import main as repro_cli  # noqa: E402
+from reproductions.wgan import WGAN, clip_weights, critic_iterations  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+SMOKE = ROOT / "configs" / "wgan" / "smoke.yaml"
+RUNNER_CALLBACKS = ("StepSeeding", "SkipNonFiniteSteps", "RMSpropMonitor", "ModelCheckpoint")
+SEQUENCES = ((784, 1), (196, 4), (49, 16))  # (time steps, pixels per step): 784 pixels each
+# Profiler events that compute nothing: views, allocations, bookkeeping.
+NOT_COMPUTING = {
+    "aten::" + name for name in (
+        "empty", "empty_strided", "empty_like", "as_strided", "view", "_unsafe_view", "t",
+        "transpose", "select", "slice", "unbind", "split", "split_with_sizes", "chunk", "narrow",
+        "expand", "reshape", "_reshape_alias", "unsqueeze", "squeeze", "permute", "detach",
+        "alias", "resolve_conj", "resolve_neg", "lift_fresh", "result_type", "item",
+        "_local_scalar_dense", "is_nonzero")}
+
+
+# ------------------------------------------------------------------------------------ clocks
+class Clock:
+    """CPU time and wall time of this process; on CUDA after the device has caught up."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __call__(self) -> tuple[float, float]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.process_time(), time.perf_counter()
+
+
+class Window:
+    """Seconds (CPU, wall) per generator iteration from iteration k0 to k1, read off the clock
+    as each ends."""
+
+    def __init__(self, clock: Clock, k0: int, k1: int) -> None:
+        self.clock, self.k0, self.k1 = clock, k0, k1
+        self.stamps: dict[int, tuple[float, float]] = {}
+
+    def generator_iteration_done(self, iteration: int) -> None:
+        if iteration in (self.k0, self.k1):  # the clock syncs CUDA: only at the two ends
+            self.stamps[iteration] = self.clock()
+
+    def per_iteration(self) -> tuple[float, float]:
+        (cpu0, wall0), (cpu1, wall1) = self.stamps[self.k0], self.stamps[self.k1]
+        return (cpu1 - cpu0) / (self.k1 - self.k0), (wall1 - wall0) / (self.k1 - self.k0)
+
+
+class WindowCallback(pl.Callback):
+    def __init__(self, window: Window) -> None:
+        self.window = window
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if pl_module.cycle_critic_steps == 0:  # this batch ended with a generator iteration
+            self.window.generator_iteration_done(pl_module.generator_iterations)
+
+
+# -------------------------------------------------------------------------------------- WGAN
+def smoke_run(device: torch.device, k1: int, directory: str):
+    """The model, data and Trainer that ``repro fit`` builds from smoke.yaml, stopping after k1
+    generator iterations; samples and Frechet distances off."""
+    return repro_cli(args=[
+        "-c", str(SMOKE), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", directory,
+        "--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu",
+        "--model.sample_every", "0", "--model.frechet_every", "0",
+        "--model.max_generator_iterations", str(k1)], run=False)
+
+
+def plain_wgan(model: WGAN, data: pl.LightningDataModule, device: torch.device,
+               window: Window, directory: str) -> None:
+    """Algorithm 1 as a plain loop over the module's networks and optimizers."""
+    h = model.hparams
+    generator, critic = model.generator.to(device), model.critic.to(device)
+    critic_optimizer, generator_optimizer = model.configure_optimizers()
+    data.setup("fit")
+    loader = data.train_dataloader()
+    clip_weights(critic, h.clip_value)
+    generator_iterations, critic_steps, epoch = 0, 0, 0
+    while generator_iterations < window.k1:
+        loader.sampler.set_epoch(epoch)
+        for real, _ in loader:
+            real = real.to(device, non_blocking=True)
+            with torch.no_grad():
+                fake = generator(torch.randn(real.shape[0], h.nz, device=device))
+            wasserstein = critic(real).mean() - critic(fake).mean()
+            critic_optimizer.zero_grad()
+            (-wasserstein).backward()
+            critic_optimizer.step()
+            clip_weights(critic, h.clip_value)
+            critic_steps += 1
+            if critic_steps < critic_iterations(generator_iterations, h.n_critic,
+                                                h.n_critic_burst, h.burst_below, h.burst_every):
+                continue
+            critic.requires_grad_(False)
+            generator_loss = -critic(generator(torch.randn(real.shape[0], h.nz,
+                                                           device=device))).mean()
+            generator_optimizer.zero_grad()
+            generator_loss.backward()
+            generator_optimizer.step()
+            critic.requires_grad_(True)
+            generator_iterations, critic_steps = generator_iterations + 1, 0
+            torch.stack([wasserstein.detach(), generator_loss.detach()]).tolist()
+            window.generator_iteration_done(generator_iterations)
+            if generator_iterations == window.k1:
+                break
+        else:
+            torch.save({"generator": generator.state_dict(), "critic": critic.state_dict(),
+                        "critic_optimizer": critic_optimizer.state_dict(),
+                        "generator_optimizer": generator_optimizer.state_dict()},
+                       Path(directory) / "plain.pt")
+            epoch += 1
+
+
+def wgan_contender(kind: str, device: torch.device, k0: int,
+                   k1: int, without: str | None = None) -> Callable[[], tuple[float, float]]:
+    """A function that trains one fresh run of ``kind`` (plain, lightning, repro fit) and returns
+    its (CPU, wall) seconds per generator iteration over the window."""
+    def run() -> tuple[float, float]:
+        window = Window(Clock(device), k0, k1)
+        with tempfile.TemporaryDirectory() as directory:
+            cli = smoke_run(device, k1, directory)
+            if kind == "plain":
+                plain_wgan(cli.model, cli.datamodule, device, window, directory)
+                return window.per_iteration()
+            if kind == "lightning":
+                settings = yaml.safe_load(SMOKE.read_text())["trainer"]
+                settings.update(accelerator="gpu" if device.type == "cuda" else "cpu",
+                                logger=False, enable_progress_bar=False,
+                                enable_model_summary=False, default_root_dir=directory)
+                trainer = pl.Trainer(**settings, callbacks=[WindowCallback(window)])
+            else:
+                trainer = cli.trainer
+                if without:
+                    trainer.callbacks[:] = [c for c in trainer.callbacks
+                                            if type(c).__name__ != without]
+                trainer.callbacks.append(WindowCallback(window))
+            trainer.fit(cli.model, cli.datamodule)
+        return window.per_iteration()
+
+    return run
+
+
+# ----------------------------------------------------------------------------------- BN-LSTM
+def bn_lstm_model(cell: str, steps: int, pixels: int, device: torch.device,
+                  compile: bool = False) -> SequentialClassifier:
+    torch.manual_seed(0)
+    return SequentialClassifier(cell=cell, input_size=pixels, t_max=steps,
+                                compile=compile).to(device).train()
+
+
+def training_step(model: SequentialClassifier, steps: int, pixels: int,
+                  device: torch.device) -> Callable[[], None]:
+    """One training step of ``model`` on a fixed random batch of 100 sequences."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(100, steps, pixels, generator=generator).to(device)
+    y = torch.randint(0, 10, (100,), generator=generator).to(device)
+    optimizer = model.configure_optimizers()
+
+    def step() -> None:
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def timed(step: Callable[[], None], clock: Clock) -> Callable[[], tuple[float, float]]:
+    def run() -> tuple[float, float]:
+        cpu0, wall0 = clock()
+        step()
+        cpu1, wall1 = clock()
+        return cpu1 - cpu0, wall1 - wall0
+
+    return run
+
+
+def operations(step: Callable[[], None], device: torch.device) -> Counter:
+    """Operations of one call of ``step`` by name (module docstring: what counts)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    step()
+    with torch.profiler.profile(activities=activities) as profile:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    if device.type == "cuda":
+        return Counter(event.name for event in profile.events()
+                       if event.device_type == torch.autograd.DeviceType.CUDA)
+
+    def computes(event) -> bool:
+        return (event.name.startswith("aten::") and event.name not in NOT_COMPUTING) \
+            or "cpp_fused" in event.name
+
+    def called_by_an_operator(event) -> bool:
+        parent = event.cpu_parent
+        while parent is not None and not computes(parent):
+            parent = parent.cpu_parent
+        return parent is not None
+
+    # Inductor names a kernel after its graph ("graph_3_cpp_fused_..."), which a recompilation
+    # for another sequence length renumbers.
+    return Counter(re.sub(r"^graph_\d+_", "", event.name) for event in profile.events()
+                   if computes(event) and not called_by_an_operator(event))
+
+
+def operations_per_time_step(cell: str, device: torch.device, compile: bool = False) -> float:
+    """The extra operations of a training step per extra time step, from 16 to 32 steps."""
+    counts = [operations(training_step(bn_lstm_model(cell, steps, 1, device, compile), steps, 1,
+                                       device), device) for steps in (16, 32)]
+    return (sum(counts[1].values()) - sum(counts[0].values())) / 16
+
+
+# ------------------------------------------------------------------------------------ driver
+def interleaved(contenders: dict[str, Callable[[], tuple[float, float]]],
+                rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Each contender once per round, in an order that rotates from round to round."""
+    names = list(contenders)
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            results[name].append(contenders[name]())
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(
+            f"{name} {results[name][-1][0]:.4f}" for name in names), file=sys.stderr, flush=True)
+    return results
+
+
+def medians(samples: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)
+
+
+def machine(device: torch.device, threads: int) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    model = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").exists():
+        found = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        model = found.group(1).strip() if found else model
+    return (f"{model} ({os.cpu_count()} cores, shared), {threads} thread "
+            f"(torch.set_num_threads({threads})), torch {torch.__version__}")
+
+
+def wgan_table(device: torch.device, rounds: int, k0: int, k1: int, ablate: bool) -> list[str]:
+    contenders = {"plain": wgan_contender("plain", device, k0, k1),
+                  "Lightning": wgan_contender("lightning", device, k0, k1),
+                  "repro fit": wgan_contender("repro fit", device, k0, k1)}
+    if ablate:
+        for callback in RUNNER_CALLBACKS:
+            contenders[f"repro fit without {callback}"] = wgan_contender(
+                "repro fit", device, k0, k1, without=callback)
+    results = {name: medians(samples) for name, samples in interleaved(contenders, rounds).items()}
+    clock = "CPU" if device.type == "cpu" else "wall"
+    base = results["plain"][0]
+    lines = [f"## WGAN, generator iterations {k0} to {k1} of each run "
+             f"({rounds} runs per loop, interleaved)", "",
+             f"| loop | ms per generator iteration ({clock}) | wall ms | generator iterations/s "
+             f"| vs plain |", "|---|---|---|---|---|"]
+    for name, (main, wall) in results.items():
+        lines.append(f"| {name} | {main * 1e3:.1f} | {wall * 1e3:.1f} | {1 / wall:.2f} | "
+                     f"{main / base:.3f}x |")
+    return lines
+
+
+def bn_lstm_table(device: torch.device, rounds: int, sequences, compile: bool) -> list[str]:
+    clock = Clock(device)
+    variants = {"nn.LSTM": ("lstm", False), "BN-LSTM": ("bn_lstm", False)}
+    if compile:
+        variants["BN-LSTM compiled"] = ("bn_lstm", True)
+    contenders = {}
+    for steps, pixels in sequences:
+        for name, (cell, compiled) in variants.items():
+            step = training_step(bn_lstm_model(cell, steps, pixels, device, compiled), steps,
+                                 pixels, device)
+            for _ in range(2):  # warm-up; the compiled step compiles on the first
+                step()
+            contenders[(steps, name)] = timed(step, clock)
+    results = {key: medians(samples) for key, samples in
+               interleaved({f"{s}x{n}": c for (s, n), c in contenders.items()}, rounds).items()}
+    label = "CPU s" if device.type == "cpu" else "s"
+    header = " | ".join(f"{name} ({label}) | vs nn.LSTM" if name != "nn.LSTM" else
+                        f"nn.LSTM ({label})" for name in variants)
+    lines = [f"## BN-LSTM training step, batch 100, 100 units ({rounds} rounds, interleaved)", "",
+             f"| time steps x pixels | {header} | BN-LSTM steps/s (wall) |",
+             "|---|" + "---|" * (2 * len(variants)) ]
+    for steps, pixels in sequences:
+        row = [f"{steps} x {pixels}"]
+        base = results[f"{steps}xnn.LSTM"][0]
+        for name in variants:
+            main = results[f"{steps}x{name}"][0]
+            row += [f"{main:.3f}"] if name == "nn.LSTM" else [f"{main:.3f}", f"{main / base:.2f}x"]
+        row.append(f"{1 / results[f'{steps}xBN-LSTM'][1]:.2f}")
+        lines.append("| " + " | ".join(row) + " |")
+    what = "kernels launched" if device.type == "cuda" else \
+        "ATen operators called from Python and autograd, and Inductor kernels"
+    lines += ["", f"Operations per time step of a training step ({what}; profiler, "
+                  f"16 vs 32 steps):", "", "| model | operations per time step |", "|---|---|"]
+    for name, (cell, compiled) in variants.items():
+        lines.append(f"| {name} | {operations_per_time_step(cell, device, compiled):g} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--rounds", type=int, default=None, help="default 7 (quick: 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="3 rounds, a shorter WGAN window, 784 and 49 steps, no compilation")
+    parser.add_argument("--only", choices=("wgan", "bn_lstm"), default=None)
+    parser.add_argument("--ablate-callbacks", action="store_true",
+                        help="also repro fit without each of the runner's callbacks")
+    parser.add_argument("--out", default=None, help="table path; '-': print only (default: "
+                        "benchmarks/results/loop_overhead_<device>.md, quick: print only)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    torch.set_num_threads(args.threads)
+    rounds = args.rounds or (3 if args.quick else 7)
+    k0, k1 = (12, 27) if args.quick else (12, 60)
+    sequences = (SEQUENCES[0], SEQUENCES[-1]) if args.quick else SEQUENCES
+    if device.type == "cpu":  # Inductor's CPU kernels appear in the profiler only when asked
+        from torch._inductor import config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    command = "python benchmarks/loop_overhead.py " + " ".join(sys.argv[1:])
+    lines = [f"# Loop overhead on {device.type} ({datetime.date.today()})", "",
+             f"Machine: {machine(device, args.threads)}. Command: `{command.strip()}`. "
+             + ("Times are the process's CPU time (other processes on the shared machine do not "
+                "count), wall-clock beside them." if device.type == "cpu" else
+                "Times are wall-clock, the device synchronised at each end."), ""]
+    if args.only != "bn_lstm":
+        lines += wgan_table(device, rounds, k0, k1, args.ablate_callbacks) + [""]
+    if args.only != "wgan":
+        lines += bn_lstm_table(device, rounds, sequences, compile=not args.quick)
+    table = "\n".join(lines) + "\n"
+    print(table)
+    out = args.out or ("-" if args.quick else str(RESULTS / f"loop_overhead_{device.type}.md"))
+    if out != "-":
+        Path(out).write_text(table)
+        print(f"written to {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
