@@ -181,7 +181,7 @@ def test_training_unroll_matches_a_reference_of_eq_6_to_8_values_gradients_and_s
     inputs = [leaf.detach().to(dtype).requires_grad_(True) for leaf in leaves]
     hs, c = tested.unroll(inputs[0], (inputs[1], inputs[2]))
     grads = torch.autograd.grad(loss(hs, c), inputs + list(tested.parameters()))
-    close = dict(rtol=tolerance, atol=tolerance)
+    close = {"rtol": tolerance, "atol": tolerance}
     torch.testing.assert_close(torch.stack(hs).double(), torch.stack(expected_hs).detach(), **close)
     torch.testing.assert_close(c.double(), expected_c.detach(), **close)
     for grad, expected in zip(grads, expected_grads):

@@ -127,8 +127,8 @@ def tiny_wgan(**overrides) -> WGAN:
 
 
 def fit(model: WGAN, batches: int, **trainer) -> pl.Trainer:
-    settings = dict(accelerator="cpu", logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False, max_epochs=1)
+    settings = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False,
+                "enable_progress_bar": False, "enable_model_summary": False, "max_epochs": 1}
     trainer = pl.Trainer(**{**settings, **trainer})
     trainer.fit(model, TinyImages(batches))
     return trainer
@@ -168,8 +168,8 @@ def test_each_generator_iteration_logs_its_metrics(tmp_path):
     model = tiny_wgan(n_critic=3, burst_below=0, burst_every=0, max_generator_iterations=4,
                       critic_optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
     fit(model, batches=20, logger=CSVLogger(tmp_path, name="run"))
-    rows = [row for row in csv.DictReader(open(next(tmp_path.rglob("metrics.csv"))))
-            if row.get("train/generator_iterations")]
+    lines = next(tmp_path.rglob("metrics.csv")).read_text().splitlines()
+    rows = [row for row in csv.DictReader(lines) if row.get("train/generator_iterations")]
     assert [int(row["train/generator_iterations"]) for row in rows] == [1, 2, 3, 4]
     assert [int(row["step"]) for row in rows] == [4, 8, 12, 16]  # 3 critic steps + 1 G step each
     for row in rows:
