@@ -39,6 +39,7 @@ import logging
 import os
 import platform
 import re
+import resource
 import statistics
 import sys
 import tempfile
@@ -61,6 +62,7 @@ from reproductions.cli import main as repro_cli  # noqa: E402
 from reproductions.wgan import WGAN, clip_weights, critic_iterations  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+Times = tuple[float, float, float]  # (CPU, wall, system) seconds
 SMOKE = ROOT / "configs" / "wgan" / "smoke.yaml"
 RUNNER_CALLBACKS = ("StepSeeding", "SkipNonFiniteSteps", "RMSpropMonitor", "ModelCheckpoint")
 SEQUENCES = ((784, 1), (196, 4), (49, 16))  # (time steps, pixels per step): 784 pixels each
@@ -76,32 +78,37 @@ NOT_COMPUTING = {
 
 # ------------------------------------------------------------------------------------ clocks
 class Clock:
-    """CPU time and wall time of this process; on CUDA after the device has caught up."""
+    """(CPU, wall, system) seconds of this process so far, on CUDA after the device has caught
+    up. The system part is the kernel's share of the CPU time: page faults, mostly."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
 
-    def __call__(self) -> tuple[float, float]:
+    def __call__(self) -> Times:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return time.process_time(), time.perf_counter()
+        return (time.process_time(), time.perf_counter(),
+                resource.getrusage(resource.RUSAGE_SELF).ru_stime)
+
+
+def elapsed(start: tuple[float, ...], end: tuple[float, ...], count: int = 1) -> tuple[float, ...]:
+    return tuple((b - a) / count for a, b in zip(start, end))
 
 
 class Window:
-    """Seconds (CPU, wall) per generator iteration from iteration k0 to k1, read off the clock
-    as each ends."""
+    """Seconds (CPU, wall, system) per generator iteration from iteration k0 to k1, read off the
+    clock as each ends."""
 
     def __init__(self, clock: Clock, k0: int, k1: int) -> None:
         self.clock, self.k0, self.k1 = clock, k0, k1
-        self.stamps: dict[int, tuple[float, float]] = {}
+        self.stamps: dict[int, Times] = {}
 
     def generator_iteration_done(self, iteration: int) -> None:
         if iteration in (self.k0, self.k1):  # the clock syncs CUDA: only at the two ends
             self.stamps[iteration] = self.clock()
 
-    def per_iteration(self) -> tuple[float, float]:
-        (cpu0, wall0), (cpu1, wall1) = self.stamps[self.k0], self.stamps[self.k1]
-        return (cpu1 - cpu0) / (self.k1 - self.k0), (wall1 - wall0) / (self.k1 - self.k0)
+    def per_iteration(self) -> Times:
+        return elapsed(self.stamps[self.k0], self.stamps[self.k1], self.k1 - self.k0)
 
 
 class WindowCallback(pl.Callback):
@@ -170,30 +177,36 @@ def plain_wgan(model: WGAN, data: pl.LightningDataModule, device: torch.device,
             epoch += 1
 
 
-def wgan_contender(kind: str, device: torch.device, k0: int,
-                   k1: int, without: str | None = None) -> Callable[[], tuple[float, float]]:
-    """A function that trains one fresh run of ``kind`` (plain, lightning, repro fit) and returns
-    its (CPU, wall) seconds per generator iteration over the window."""
-    def run() -> tuple[float, float]:
+def wgan_run(kind: str, device: torch.device, window: Window, directory: str,
+             without: str | None = None) -> WGAN:
+    """One fresh run of ``kind`` (plain, lightning, repro fit; ``without`` one of the runner's
+    callbacks) to generator iteration ``window.k1``; the trained model."""
+    cli = smoke_run(device, window.k1, directory)
+    if kind == "plain":
+        plain_wgan(cli.model, cli.datamodule, device, window, directory)
+        return cli.model
+    if kind == "lightning":
+        settings = yaml.safe_load(SMOKE.read_text())["trainer"]
+        settings.update(accelerator="gpu" if device.type == "cuda" else "cpu", logger=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=directory)
+        trainer = pl.Trainer(**settings, callbacks=[WindowCallback(window)])
+    else:
+        trainer = cli.trainer
+        if without:
+            trainer.callbacks[:] = [c for c in trainer.callbacks if type(c).__name__ != without]
+        trainer.callbacks.append(WindowCallback(window))
+    trainer.fit(cli.model, cli.datamodule)
+    return cli.model
+
+
+def wgan_contender(kind: str, device: torch.device, k0: int, k1: int,
+                   without: str | None = None) -> Callable[[], Times]:
+    """A function that trains one fresh run and returns its seconds per generator iteration."""
+    def run() -> Times:
         window = Window(Clock(device), k0, k1)
         with tempfile.TemporaryDirectory() as directory:
-            cli = smoke_run(device, k1, directory)
-            if kind == "plain":
-                plain_wgan(cli.model, cli.datamodule, device, window, directory)
-                return window.per_iteration()
-            if kind == "lightning":
-                settings = yaml.safe_load(SMOKE.read_text())["trainer"]
-                settings.update(accelerator="gpu" if device.type == "cuda" else "cpu",
-                                logger=False, enable_progress_bar=False,
-                                enable_model_summary=False, default_root_dir=directory)
-                trainer = pl.Trainer(**settings, callbacks=[WindowCallback(window)])
-            else:
-                trainer = cli.trainer
-                if without:
-                    trainer.callbacks[:] = [c for c in trainer.callbacks
-                                            if type(c).__name__ != without]
-                trainer.callbacks.append(WindowCallback(window))
-            trainer.fit(cli.model, cli.datamodule)
+            wgan_run(kind, device, window, directory, without)
         return window.per_iteration()
 
     return run
@@ -223,12 +236,11 @@ def training_step(model: SequentialClassifier, steps: int, pixels: int,
     return step
 
 
-def timed(step: Callable[[], None], clock: Clock) -> Callable[[], tuple[float, float]]:
-    def run() -> tuple[float, float]:
-        cpu0, wall0 = clock()
+def timed(step: Callable[[], None], clock: Clock) -> Callable[[], Times]:
+    def run() -> Times:
+        start = clock()
         step()
-        cpu1, wall1 = clock()
-        return cpu1 - cpu0, wall1 - wall0
+        return elapsed(start, clock())
 
     return run
 
@@ -265,17 +277,21 @@ def operations(step: Callable[[], None], device: torch.device) -> Counter:
 
 def operations_per_time_step(cell: str, device: torch.device, compile: bool = False) -> float:
     """The extra operations of a training step per extra time step, from 16 to 32 steps."""
-    counts = [operations(training_step(bn_lstm_model(cell, steps, 1, device, compile), steps, 1,
-                                       device), device) for steps in (16, 32)]
-    return (sum(counts[1].values()) - sum(counts[0].values())) / 16
+    counts = []
+    for steps in (16, 32):
+        if compile:  # past its cache limit Dynamo runs the step eagerly: start from an empty one
+            torch._dynamo.reset()
+        model = bn_lstm_model(cell, steps, 1, device, compile)
+        counts.append(sum(operations(training_step(model, steps, 1, device), device).values()))
+    return (counts[1] - counts[0]) / 16
 
 
 # ------------------------------------------------------------------------------------ driver
-def interleaved(contenders: dict[str, Callable[[], tuple[float, float]]],
-                rounds: int) -> dict[str, list[tuple[float, float]]]:
+def interleaved(contenders: dict[str, Callable[[], Times]],
+                rounds: int) -> dict[str, list[Times]]:
     """Each contender once per round, in an order that rotates from round to round."""
     names = list(contenders)
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    results: dict[str, list[Times]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             results[name].append(contenders[name]())
@@ -284,8 +300,8 @@ def interleaved(contenders: dict[str, Callable[[], tuple[float, float]]],
     return results
 
 
-def medians(samples: list[tuple[float, float]]) -> tuple[float, float]:
-    return statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)
+def medians(samples: list[tuple[float, ...]]) -> tuple[float, ...]:
+    return tuple(statistics.median(column) for column in zip(*samples))
 
 
 def machine(device: torch.device, threads: int) -> str:
@@ -307,16 +323,18 @@ def wgan_table(device: torch.device, rounds: int, k0: int, k1: int, ablate: bool
         for callback in RUNNER_CALLBACKS:
             contenders[f"repro fit without {callback}"] = wgan_contender(
                 "repro fit", device, k0, k1, without=callback)
-    results = {name: medians(samples) for name, samples in interleaved(contenders, rounds).items()}
+    samples = interleaved(contenders, rounds)
+    results = {name: medians(runs) for name, runs in samples.items()}
     clock = "CPU" if device.type == "cpu" else "wall"
     base = results["plain"][0]
-    lines = [f"## WGAN, generator iterations {k0} to {k1} of each run "
-             f"({rounds} runs per loop, interleaved)", "",
-             f"| loop | ms per generator iteration ({clock}) | wall ms | generator iterations/s "
-             f"| vs plain |", "|---|---|---|---|---|"]
-    for name, (main, wall) in results.items():
-        lines.append(f"| {name} | {main * 1e3:.1f} | {wall * 1e3:.1f} | {1 / wall:.2f} | "
-                     f"{main / base:.3f}x |")
+    lines = [(f"## WGAN, generator iterations {k0} to {k1} of each run "
+              f"({rounds} runs per loop, interleaved)"), "",
+             (f"| loop | ms per generator iteration ({clock}) | runs' range | wall ms | "
+              f"generator iterations/s | vs plain |"), "|---|---|---|---|---|---|"]
+    for name, (main, wall, _) in results.items():
+        low, high = (f(run[0] for run in samples[name]) * 1e3 for f in (min, max))
+        lines.append(f"| {name} | {main * 1e3:.1f} | {low:.0f}-{high:.0f} | {wall * 1e3:.1f} | "
+                     f"{1 / main:.2f} | {main / base:.3f}x |")
     return lines
 
 
@@ -339,20 +357,25 @@ def bn_lstm_table(device: torch.device, rounds: int, sequences, compile: bool) -
     header = " | ".join(f"{name} ({label}) | vs nn.LSTM" if name != "nn.LSTM" else
                         f"nn.LSTM ({label})" for name in variants)
     lines = [f"## BN-LSTM training step, batch 100, 100 units ({rounds} rounds, interleaved)", "",
-             f"| time steps x pixels | {header} | BN-LSTM steps/s (wall) |",
-             "|---|" + "---|" * (2 * len(variants)) ]
+             f"| time steps x pixels | {header} | BN-LSTM steps/s |",
+             "|---|" + "---|" * (2 * len(variants))]
     for steps, pixels in sequences:
         row = [f"{steps} x {pixels}"]
         base = results[f"{steps}xnn.LSTM"][0]
         for name in variants:
-            main = results[f"{steps}x{name}"][0]
-            row += [f"{main:.3f}"] if name == "nn.LSTM" else [f"{main:.3f}", f"{main / base:.2f}x"]
-        row.append(f"{1 / results[f'{steps}xBN-LSTM'][1]:.2f}")
+            main, _, system = results[f"{steps}x{name}"]
+            shown = f"{main:.3f} ({system:.2f})" if device.type == "cpu" else f"{main:.3f}"
+            row += [shown] if name == "nn.LSTM" else [shown, f"{main / base:.2f}x"]
+        row.append(f"{1 / results[f'{steps}xBN-LSTM'][0]:.2f}")
         lines.append("| " + " | ".join(row) + " |")
+    if device.type == "cpu":
+        lines += ["", ("In brackets: the part of the CPU time spent in the kernel (system "
+                       "time), page faults mostly: nn.LSTM's oneDNN kernel takes fresh memory at "
+                       "every call.")]
     what = "kernels launched" if device.type == "cuda" else \
         "ATen operators called from Python and autograd, and Inductor kernels"
-    lines += ["", f"Operations per time step of a training step ({what}; profiler, "
-                  f"16 vs 32 steps):", "", "| model | operations per time step |", "|---|---|"]
+    lines += ["", (f"Operations per time step of a training step ({what}; profiler, "
+                   f"16 vs 32 steps):"), "", "| model | operations per time step |", "|---|---|"]
     for name, (cell, compiled) in variants.items():
         lines.append(f"| {name} | {operations_per_time_step(cell, device, compiled):g} |")
     return lines
