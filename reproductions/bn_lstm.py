@@ -19,14 +19,16 @@ beyond T_max (the training length) reuse step T_max's. gamma starts at 0.1 (Sec.
 (``benchmarks/bn_lstm_gradient_flow.py``) reproduces that for a batch-normalised tanh RNN; for this
 untrained BN-LSTM it finds the opposite ordering, gamma 0.1 vanishing faster than 1.0.
 
-Speed: one time step is two matrix products, three ``F.batch_norm`` calls (each one native
-kernel, which also updates step t's population statistics in place) and the gate nonlinearities.
-The input-to-hidden term does not depend on h, yet it is computed step by step too: for the whole
-sequence at once it is a (batch, time x 4 hidden) tensor, 125 MB at 784 steps, whose batch norm,
-bias add and gradient concatenation in the backward cost more than the recurrence. At 784 steps
-the training step takes about 1.3x ``nn.LSTM``'s time on one CPU thread
-(``benchmarks/results/loop_overhead_cpu.md``). ``compile=True`` runs the step through
-``torch.compile``, which fuses its elementwise work into a few kernels.
+Two implementations of the one cell, with the same parameters and statistics:
+
+* ``BNLSTM.unroll``, the reference: ``bn_lstm_step`` (the equations, with ``F.batch_norm``, which
+  updates step t's population statistics in place) stepped in Python and differentiated by
+  autograd, about 40 operations per time step. Its h_t are the tensors the recurrence used, so
+  ``torch.autograd.grad(loss, hs)`` gives the paper's dL/dh_t (Fig. 1).
+* ``BNLSTM.forward``, fused (``bn_lstm_fused.py``): per time step one matrix product W_h h_{t-1}
+  (and W_x x_t) and one kernel for both gate batch norms, the gates, the cell, its batch norm and
+  h, the population's update included; backward one kernel and a few products. C++ on the CPU,
+  Triton on CUDA; other devices and dtypes take ``unroll``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from optimizers import presets
+from reproductions.bn_lstm_fused import BNLSTMSequence, Cell, backend_for
 from reproductions.experiment import Dashboard, Panel
 
 DASHBOARD = Dashboard(
@@ -115,13 +118,12 @@ class BNLSTM(nn.Module):
 
     Initialisation as the paper's MNIST experiments: orthogonal input-to-hidden weights,
     identity hidden-to-hidden weights (per gate), every gamma at ``gamma_init``, beta_c 0, and
-    bias b 0 except the forget gate's ``forget_bias``. ``compile=True`` runs the step through
-    ``torch.compile`` (``benchmarks/loop_overhead.py`` times both).
+    bias b 0 except the forget gate's ``forget_bias``. ``forward`` is the fused cell, ``unroll``
+    the reference (module docstring).
     """
 
     def __init__(self, input_size: int, hidden_size: int, t_max: int, gamma_init: float = 0.1,
-                 forget_bias: float = 1.0, bn_momentum: float = 0.1, eps: float = 1e-5,
-                 compile: bool = False) -> None:
+                 forget_bias: float = 1.0, bn_momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
         self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
@@ -133,37 +135,56 @@ class BNLSTM(nn.Module):
         init_lstm_weights(self.weight_ih, self.weight_hh)
         with torch.no_grad():
             self.bias[:hidden_size].fill_(forget_bias)
-        # Shapes are fixed within a run: compile once per (shape, train/eval), no dynamic shapes.
-        self.step = torch.compile(bn_lstm_step, dynamic=False) if compile else bn_lstm_step
 
-    def unroll(self, x: Tensor, state: State) -> tuple[list[Tensor], Tensor]:
-        """Run over x (batch, time, input_size) from state (h0, c0); every h_t and the last c.
-
-        The h_t are the tensors the recurrence itself used, so gradients with respect to them
-        (``torch.autograd.grad(loss, hs)``) are the paper's dL/dh_t of Fig. 1.
-        """
+    def _check(self, x: Tensor) -> None:
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"BNLSTM: expected input (batch, time, {self.input_size}), "
                              f"got shape {tuple(x.shape)}")
         if self.training and x.shape[0] < 2:
             raise ValueError("BNLSTM: training normalises with batch statistics and needs a batch "
                              f"of at least 2 sequences, got {x.shape[0]}")
+
+    def unroll(self, x: Tensor, state: State) -> tuple[list[Tensor], Tensor]:
+        """The reference: ``bn_lstm_step`` over x (batch, time, input_size) from state (h0, c0);
+        every h_t and the last c.
+
+        The h_t are the tensors the recurrence itself used, so gradients with respect to them
+        (``torch.autograd.grad(loss, hs)``) are the paper's dL/dh_t of Fig. 1.
+        """
+        self._check(x)
         steps = x.shape[1]
         statistics = zip(*(bn.step_statistics(steps) for bn in (self.bn_ih, self.bn_hh, self.bn_c)))
         gammas = (self.bn_ih.weight, self.bn_hh.weight, self.bn_c.weight)
         h, c = state
         hs = []
         for x_t, (stats_x, stats_h, stats_c) in zip(x.unbind(1), statistics):
-            h, c = self.step(x_t, h, c, self.weight_ih, self.weight_hh, self.bias, gammas,
-                             self.bn_c.bias, (*stats_x, *stats_h, *stats_c), self.training,
-                             self.bn_c.momentum, self.bn_c.eps)
+            h, c = bn_lstm_step(x_t, h, c, self.weight_ih, self.weight_hh, self.bias, gammas,
+                                self.bn_c.bias, (*stats_x, *stats_h, *stats_c), self.training,
+                                self.bn_c.momentum, self.bn_c.eps)
             hs.append(h)
         return hs, c
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (batch, time, input_size) -> outputs (batch, time, hidden), (h_T, c_T), as nn.LSTM."""
-        hs, c = self.unroll(x, state)
-        return torch.stack(hs, dim=1), (hs[-1], c)
+        """x (batch, time, input_size) -> outputs (batch, time, hidden), (h_T, c_T), as nn.LSTM:
+        the fused cell (``unroll`` where x's device and dtype have no kernels)."""
+        backend = backend_for(x)
+        if backend is None:
+            hs, c = self.unroll(x, state)
+            return torch.stack(hs, dim=1), (hs[-1], c)
+        self._check(x)
+        steps = x.shape[1]
+        statistics = [(*h, *i, *c) for h, i, c in zip(
+            *(bn.step_statistics(steps) for bn in (self.bn_hh, self.bn_ih, self.bn_c)))]
+        parameters = (self.weight_ih, self.weight_hh, self.bias, self.bn_ih.weight,
+                      self.bn_hh.weight, self.bn_c.weight, self.bn_c.bias)
+        cell = Cell(*parameters, self.training, self.bn_c.momentum, self.bn_c.eps, backend)
+        h0, c0 = (s.contiguous() for s in state)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, c0, *parameters)):
+            outputs, c = BNLSTMSequence.apply(x, h0, c0, *parameters, statistics, cell)
+        else:
+            hidden, cells, _, _ = cell.forward(x, h0, c0, statistics)
+            outputs, c = hidden[1:], cells[-1]
+        return outputs.transpose(0, 1), (outputs[-1], c)
 
 
 def init_lstm_weights(weight_ih: Tensor, weight_hh: Tensor) -> None:
@@ -193,7 +214,6 @@ class SequentialClassifier(pl.LightningModule):
             fp32 rounding noise.
         forget_bias: initial forget-gate bias (our choice; papers.md does not fix it).
         bn_momentum: weight of each new batch in the population statistics.
-        compile: ``torch.compile`` the BN-LSTM step (one compilation per shape, then fast).
         optimizer: the optimizer, given the parameters (default: the ``bn_lstm`` RMSprop preset,
             lr 1e-3, decay 0.9, no momentum).
     """
@@ -201,7 +221,7 @@ class SequentialClassifier(pl.LightningModule):
     def __init__(self, cell: Literal["lstm", "bn_lstm"] = "bn_lstm", input_size: int = 1,
                  hidden_size: int = 100, num_classes: int = 10, t_max: int = 784,
                  gamma_init: float = 0.1, initial_state_noise: float = 0.1,
-                 forget_bias: float = 1.0, bn_momentum: float = 0.1, compile: bool = False,
+                 forget_bias: float = 1.0, bn_momentum: float = 0.1,
                  optimizer: OptimizerCallable = presets.BnLstm) -> None:
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
@@ -215,7 +235,7 @@ class SequentialClassifier(pl.LightningModule):
         self.optimizer = optimizer
         if cell == "bn_lstm":
             self.rnn = BNLSTM(input_size, hidden_size, t_max, gamma_init, forget_bias,
-                              bn_momentum, compile=compile)
+                              bn_momentum)
         elif cell == "lstm":
             self.rnn = nn.LSTM(input_size, hidden_size, batch_first=True)
             # nn.LSTM's gate order is (i, f, g, o) and it has two biases: b = b_ih + b_hh.
@@ -257,8 +277,7 @@ class SequentialClassifier(pl.LightningModule):
         """x (batch, time, input_size) -> class logits (batch, num_classes)."""
         h0, c0 = self.initial_state(x)
         if isinstance(self.rnn, BNLSTM):
-            hs, _ = self.rnn.unroll(x, (h0, c0))
-            last = hs[-1]
+            _, (last, _) = self.rnn(x, (h0, c0))
         else:
             if x.dim() != 3 or x.shape[-1] != self.hparams.input_size:
                 raise ValueError(f"SequentialClassifier: expected input (batch, time, "
