@@ -21,14 +21,15 @@ Every run starts from the same seed; generator iterations ``K0`` to ``K1`` are t
 smoke schedule's critic bursts, before its first sample grid and Frechet distance, which are
 turned off). BN-LSTM: one training step (forward, backward, RMSProp step) of
 ``SequentialClassifier`` on sequential-MNIST shapes (batch 100, 100 units) with ``cell: lstm``
-(``nn.LSTM``) and ``cell: bn_lstm``, eager and ``torch.compile``d, at 784, 196 and 49 time steps.
+(``nn.LSTM``) and ``cell: bn_lstm`` (the fused cell, and its reference ``unroll``), at 784, 196
+and 49 time steps.
 
 Contenders run interleaved, in a rotating order, over several rounds; the table gives medians and
 ratios measured side by side. The clock is the process's CPU time on the CPU (a shared machine's
 other processes do not count; wall-clock medians beside it) and the wall clock on CUDA.
 Operations per time step are counted with ``torch.profiler`` at two sequence lengths (the
-difference over the extra steps): on CUDA the kernels launched, on the CPU the ATen operators
-called from Python and autograd (views and allocations left out) and Inductor's fused kernels.
+difference over the extra steps): on CUDA the kernels launched, on the CPU the operators (ATen,
+oneDNN, the BN-LSTM's own) called from Python and autograd, views and allocations left out.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 import pytorch_lightning as pl  # noqa: E402
 
 from reproductions.bn_lstm import SequentialClassifier  # noqa: E402
-from reproductions.cli import main as repro_cli  # noqa: E402
+from reproductions.runner.cli import main as repro_cli  # noqa: E402
 from reproductions.wgan import WGAN, clip_weights, critic_iterations  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -66,6 +67,7 @@ Times = tuple[float, float, float]  # (CPU, wall, system) seconds
 SMOKE = ROOT / "configs" / "wgan" / "smoke.yaml"
 RUNNER_CALLBACKS = ("StepSeeding", "SkipNonFiniteSteps", "RMSpropMonitor", "ModelCheckpoint")
 SEQUENCES = ((784, 1), (196, 4), (49, 16))  # (time steps, pixels per step): 784 pixels each
+OPERATOR = re.compile(r"\w+::\w+")  # an operator's event; autograd's and torch's wrappers have more
 # Profiler events that compute nothing: views, allocations, bookkeeping.
 NOT_COMPUTING = {
     "aten::" + name for name in (
@@ -213,24 +215,32 @@ def wgan_contender(kind: str, device: torch.device, k0: int, k1: int,
 
 
 # ----------------------------------------------------------------------------------- BN-LSTM
-def bn_lstm_model(cell: str, steps: int, pixels: int, device: torch.device,
-                  compile: bool = False) -> SequentialClassifier:
-    torch.manual_seed(0)
-    return SequentialClassifier(cell=cell, input_size=pixels, t_max=steps,
-                                compile=compile).to(device).train()
+# name -> (cell, through): SequentialClassifier's cell, and its forward or the reference unroll.
+BN_LSTM_CONTENDERS = {"nn.LSTM": ("lstm", "forward"), "BN-LSTM": ("bn_lstm", "forward"),
+                      "BN-LSTM reference": ("bn_lstm", "unroll")}
 
 
-def training_step(model: SequentialClassifier, steps: int, pixels: int,
+def training_step(contender: str, steps: int, pixels: int,
                   device: torch.device) -> Callable[[], None]:
-    """One training step of ``model`` on a fixed random batch of 100 sequences."""
+    """One training step of a fresh ``SequentialClassifier`` on a fixed random batch of 100
+    sequences."""
+    cell, through = BN_LSTM_CONTENDERS[contender]
+    torch.manual_seed(0)
+    model = SequentialClassifier(cell=cell, input_size=pixels, t_max=steps).to(device).train()
     generator = torch.Generator().manual_seed(1)
     x = torch.rand(100, steps, pixels, generator=generator).to(device)
     y = torch.randint(0, 10, (100,), generator=generator).to(device)
     optimizer = model.configure_optimizers()
 
+    def logits() -> torch.Tensor:
+        if through == "forward":
+            return model(x)
+        hs, _ = model.rnn.unroll(x, model.initial_state(x))
+        return model.classifier(hs[-1])
+
     def step() -> None:
         optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(logits(), y).backward()
         optimizer.step()
 
     return step
@@ -259,9 +269,8 @@ def operations(step: Callable[[], None], device: torch.device) -> Counter:
         return Counter(event.name for event in profile.events()
                        if event.device_type == torch.autograd.DeviceType.CUDA)
 
-    def computes(event) -> bool:
-        return (event.name.startswith("aten::") and event.name not in NOT_COMPUTING) \
-            or "cpp_fused" in event.name
+    def computes(event) -> bool:  # an operator (aten::, mkldnn::, bn_lstm::, ...), no wrapper
+        return OPERATOR.fullmatch(event.name) is not None and event.name not in NOT_COMPUTING
 
     def called_by_an_operator(event) -> bool:
         parent = event.cpu_parent
@@ -269,20 +278,14 @@ def operations(step: Callable[[], None], device: torch.device) -> Counter:
             parent = parent.cpu_parent
         return parent is not None
 
-    # Inductor names a kernel after its graph ("graph_3_cpp_fused_..."), which a recompilation
-    # for another sequence length renumbers.
-    return Counter(re.sub(r"^graph_\d+_", "", event.name) for event in profile.events()
+    return Counter(event.name for event in profile.events()
                    if computes(event) and not called_by_an_operator(event))
 
 
-def operations_per_time_step(cell: str, device: torch.device, compile: bool = False) -> float:
+def operations_per_time_step(contender: str, device: torch.device) -> float:
     """The extra operations of a training step per extra time step, from 16 to 32 steps."""
-    counts = []
-    for steps in (16, 32):
-        if compile:  # past its cache limit Dynamo runs the step eagerly: start from an empty one
-            torch._dynamo.reset()
-        model = bn_lstm_model(cell, steps, 1, device, compile)
-        counts.append(sum(operations(training_step(model, steps, 1, device), device).values()))
+    counts = [sum(operations(training_step(contender, steps, 1, device), device).values())
+              for steps in (16, 32)]
     return (counts[1] - counts[0]) / 16
 
 
@@ -338,31 +341,26 @@ def wgan_table(device: torch.device, rounds: int, k0: int, k1: int, ablate: bool
     return lines
 
 
-def bn_lstm_table(device: torch.device, rounds: int, sequences, compile: bool) -> list[str]:
+def bn_lstm_table(device: torch.device, rounds: int, sequences) -> list[str]:
     clock = Clock(device)
-    variants = {"nn.LSTM": ("lstm", False), "BN-LSTM": ("bn_lstm", False)}
-    if compile:
-        variants["BN-LSTM compiled"] = ("bn_lstm", True)
     contenders = {}
     for steps, pixels in sequences:
-        for name, (cell, compiled) in variants.items():
-            step = training_step(bn_lstm_model(cell, steps, pixels, device, compiled), steps,
-                                 pixels, device)
-            for _ in range(2):  # warm-up; the compiled step compiles on the first
+        for name in BN_LSTM_CONTENDERS:
+            step = training_step(name, steps, pixels, device)
+            for _ in range(2):  # warm-up (on CUDA, Triton compiles its kernels on the first)
                 step()
-            contenders[(steps, name)] = timed(step, clock)
-    results = {key: medians(samples) for key, samples in
-               interleaved({f"{s}x{n}": c for (s, n), c in contenders.items()}, rounds).items()}
+            contenders[f"{steps}x{name}"] = timed(step, clock)
+    results = {key: medians(samples) for key, samples in interleaved(contenders, rounds).items()}
     label = "CPU s" if device.type == "cpu" else "s"
     header = " | ".join(f"{name} ({label}) | vs nn.LSTM" if name != "nn.LSTM" else
-                        f"nn.LSTM ({label})" for name in variants)
+                        f"nn.LSTM ({label})" for name in BN_LSTM_CONTENDERS)
     lines = [f"## BN-LSTM training step, batch 100, 100 units ({rounds} rounds, interleaved)", "",
              f"| time steps x pixels | {header} | BN-LSTM steps/s |",
-             "|---|" + "---|" * (2 * len(variants))]
+             "|---|" + "---|" * (2 * len(BN_LSTM_CONTENDERS))]
     for steps, pixels in sequences:
         row = [f"{steps} x {pixels}"]
         base = results[f"{steps}xnn.LSTM"][0]
-        for name in variants:
+        for name in BN_LSTM_CONTENDERS:
             main, _, system = results[f"{steps}x{name}"]
             shown = f"{main:.3f} ({system:.2f})" if device.type == "cpu" else f"{main:.3f}"
             row += [shown] if name == "nn.LSTM" else [shown, f"{main / base:.2f}x"]
@@ -373,11 +371,11 @@ def bn_lstm_table(device: torch.device, rounds: int, sequences, compile: bool) -
                        "time), page faults mostly: nn.LSTM's oneDNN kernel takes fresh memory at "
                        "every call.")]
     what = "kernels launched" if device.type == "cuda" else \
-        "ATen operators called from Python and autograd, and Inductor kernels"
+        "operators called from Python and autograd, views and allocations left out"
     lines += ["", (f"Operations per time step of a training step ({what}; profiler, "
                    f"16 vs 32 steps):"), "", "| model | operations per time step |", "|---|---|"]
-    for name, (cell, compiled) in variants.items():
-        lines.append(f"| {name} | {operations_per_time_step(cell, device, compiled):g} |")
+    for name in BN_LSTM_CONTENDERS:
+        lines.append(f"| {name} | {operations_per_time_step(name, device):g} |")
     return lines
 
 
@@ -388,7 +386,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--rounds", type=int, default=None, help="default 7 (quick: 3)")
     parser.add_argument("--quick", action="store_true",
-                        help="3 rounds, a shorter WGAN window, 784 and 49 steps, no compilation")
+                        help="3 rounds, a shorter WGAN window, 784 and 49 steps")
     parser.add_argument("--only", choices=("wgan", "bn_lstm"), default=None)
     parser.add_argument("--ablate-callbacks", action="store_true",
                         help="also repro fit without each of the runner's callbacks")
@@ -402,10 +400,6 @@ def main() -> None:
     rounds = args.rounds or (3 if args.quick else 7)
     k0, k1 = (12, 27) if args.quick else (12, 60)
     sequences = (SEQUENCES[0], SEQUENCES[-1]) if args.quick else SEQUENCES
-    if device.type == "cpu":  # Inductor's CPU kernels appear in the profiler only when asked
-        from torch._inductor import config as inductor_config
-
-        inductor_config.cpp.enable_kernel_profile = True
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -419,7 +413,7 @@ def main() -> None:
     if args.only != "bn_lstm":
         lines += wgan_table(device, rounds, k0, k1, args.ablate_callbacks) + [""]
     if args.only != "wgan":
-        lines += bn_lstm_table(device, rounds, sequences, compile=not args.quick)
+        lines += bn_lstm_table(device, rounds, sequences)
     table = "\n".join(lines) + "\n"
     print(table)
     out = args.out or ("-" if args.quick else str(RESULTS / f"loop_overhead_{device.type}.md"))
