@@ -1,7 +1,8 @@
-"""The BN-LSTM fused: eq. 6-8 (``bn_lstm.py``) over a whole sequence as one autograd Function,
-each time step one matrix product and one kernel forward, one kernel and a few products
-backward; the kernels are C++ on the CPU (``bn_lstm_cpu.py``) and Triton on CUDA
-(``bn_lstm_triton.py``).
+"""The BN-LSTM fused: eq. 6-8 (``bn_lstm.py``) over a whole sequence as one autograd Function.
+Each time step forward is the two products W_h h_{t-1} and W_x x_t and one kernel for everything
+else (both gate batch norms, the gates, the cell, its batch norm, h, the population statistics'
+update); backward is one kernel and five products. The kernels are C++ on the CPU
+(``bn_lstm_cpu.py``) and Triton on CUDA (``bn_lstm_triton.py``).
 
 The forward keeps, besides every h_t and c_t, only each step's normalisation: the means and
 inverse standard deviations of a = W_h h_{t-1}, u = W_x x_t and c_t by column (a few values per
@@ -97,7 +98,7 @@ class Cell:
     def forward(self, x: Tensor, h0: Tensor, c0: Tensor,
                 statistics: Statistics) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Every h_t and c_t, time-major (T + 1, B, H) from h_0 and c_0, the inputs time-major
-        (T, B, I), and every step's normalisation (T, 2 (4H) + 2 (4H) + 2 H), all the backward
+        (T, B, I), and every step's normalisation (T, 4 x 4H + 2H), all that the backward
         reads: per step a few values per column instead of the (B, 4H) tensors it recomputes."""
         backend, (batch, steps), hidden_size = self.backend, x.shape[:2], h0.shape[1]
         gates_size = 4 * hidden_size

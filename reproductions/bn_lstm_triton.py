@@ -187,7 +187,7 @@ def _gate_backward(d_pre, x_hat_h, x_hat_x, rows_mask, columns, column_mask, off
 @triton.jit
 def _backward_kernel(d_h, d_h_recurrent, d_c, a, u, c_prev, c, mean_h, inv_h, mean_x, inv_x,
                      mean_c, inv_c, gamma_h, gamma_x, bias, gamma_c, beta_c, d_c_prev, d_gamma_h,
-                     d_gamma_x, d_bias, d_gamma_c, d_beta_c, B, H, HAS_RECURRENT: tl.constexpr,
+                     d_gamma_x, d_bias, d_gamma_c, d_beta_c, B, H,
                      BATCH_STATISTICS: tl.constexpr, COMPUTE: tl.constexpr,
                      BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr):
     rows_mask, units, units_mask, mask, gate, cell = _positions(B, H, BLOCK_B, BLOCK_U)
@@ -204,9 +204,7 @@ def _backward_kernel(d_h, d_h_recurrent, d_c, a, u, c_prev, c, mean_h, inv_h, me
     c_hat = _normalised(_tile(c, cell, mask, COMPUTE), mean_c, inv_c, units, units_mask, COMPUTE)
     gamma = _tile(gamma_c, units, units_mask, COMPUTE)[None, :]
     tc = _tanh(gamma * c_hat + _tile(beta_c, units, units_mask, COMPUTE)[None, :])
-    dh = _tile(d_h, cell, mask, COMPUTE)
-    if HAS_RECURRENT:
-        dh += _tile(d_h_recurrent, cell, mask, COMPUTE)
+    dh = _tile(d_h, cell, mask, COMPUTE) + _tile(d_h_recurrent, cell, mask, COMPUTE)
     # Through h = o tanh(n), n = gamma_c c_hat + beta_c, and the cell's batch norm.
     dn = tl.where(mask, dh * o * (1.0 - tc * tc), 0.0)
     sum_dn = tl.sum(dn, axis=0)
@@ -275,13 +273,15 @@ def step_backward(d_h: Tensor, d_h_recurrent: Tensor | None, d_c: Tensor, a: Ten
                   d_gamma_h: Tensor, d_gamma_x: Tensor, d_bias: Tensor, d_gamma_c: Tensor,
                   d_beta_c: Tensor) -> None:
     """``bn_lstm.Backend.step_backward``: one launch; everything stays in the program, so the
-    scratch tensors (``gates``, ``d_pre``, ``c_hat``, ``tanh_c``) go unused."""
+    scratch tensors (``gates``, ``d_pre``, ``c_hat``, ``tanh_c``) go unused. The last step has no
+    recurrent derivative: zeros then, rather than a second compiled kernel."""
     grid, meta = _launch_shape(c)
-    _backward_kernel[grid](d_h, d_h if d_h_recurrent is None else d_h_recurrent, d_c, a, u,
+    if d_h_recurrent is None:
+        d_h_recurrent = torch.zeros_like(d_h)
+    _backward_kernel[grid](d_h, d_h_recurrent, d_c, a, u,
                            c_prev, c, mean_h, inv_h, mean_x, inv_x, mean_c, inv_c, gamma_h,
                            gamma_x, bias, gamma_c, beta_c, d_c_prev, d_gamma_h, d_gamma_x, d_bias,
                            d_gamma_c, d_beta_c, c.shape[0], c.shape[1],
-                           HAS_RECURRENT=d_h_recurrent is not None,
                            BATCH_STATISTICS=batch_statistics, **meta)
 
 
