@@ -5,21 +5,24 @@
     python benchmarks/loop_overhead.py --quick --out -           # about a minute, table printed
 
 WGAN, as ``configs/wgan/smoke.yaml`` (mnist5k at 32x32, DCGAN ngf = ndf = 32, batch 64, n_critic
-5, clipping 0.01, RMSProp):
+5, clipping 0.01, RMSProp), two ways, each against a plain PyTorch loop:
 
-* plain: a PyTorch loop over the same modules, optimizers and DataLoader doing the same steps:
-  the critic steps with their clip, a generator step after each schedule's worth, W and the
-  generator loss read to the host once per generator iteration (the reference code prints them),
-  the networks and optimizers saved at each epoch's end (the reference code saves its networks);
 * Lightning: ``reproductions.wgan.WGAN`` under a ``Trainer`` with smoke.yaml's trainer settings
   (its epoch-end checkpoint included), no logger, no progress bar;
 * repro fit: the Trainer that ``repro fit -c configs/wgan/smoke.yaml --trainer.logger false``
   builds, with the runner's callbacks (step seeding, non-finite step guard, RMSProp monitor,
   its checkpoints). ``--ablate-callbacks`` adds it once without each of them.
 
-Every run starts from the same seed; generator iterations ``K0`` to ``K1`` are timed (after the
-smoke schedule's critic bursts, before its first sample grid and Frechet distance, which are
-turned off). BN-LSTM: one training step (forward, backward, RMSProp step) of
+The plain loop runs over the same modules, optimizers and DataLoader and does the same steps
+(``tests/test_loop_overhead.py`` checks it trains the same weights): the critic steps with their
+clip, a generator step after each schedule's worth, W and the generator loss read to the host
+once per generator iteration (the reference code prints them), the networks and optimizers saved
+at each epoch's end (the reference code saves its networks). Each run is paired with a fresh plain
+loop from the same seed, which a callback advances by one generator iteration after each of the
+run's own: the two take turns every tenth of a second or so, and each is timed on its own, so the
+load of a shared machine falls on both alike. Generator iterations ``K0 + 1`` to ``K1`` are timed
+(after the smoke schedule's critic bursts, before its first sample grid and Frechet distance,
+which are turned off). BN-LSTM: one training step (forward, backward, RMSProp step) of
 ``SequentialClassifier`` on sequential-MNIST shapes (batch 100, 100 units) with ``cell: lstm``
 (``nn.LSTM``) and ``cell: bn_lstm`` (the fused cell, and its reference ``unroll``), at 784, 196
 and 49 time steps.
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import logging
 import os
 import platform
@@ -47,8 +51,9 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -97,31 +102,6 @@ def elapsed(start: tuple[float, ...], end: tuple[float, ...], count: int = 1) ->
     return tuple((b - a) / count for a, b in zip(start, end))
 
 
-class Window:
-    """Seconds (CPU, wall, system) per generator iteration from iteration k0 to k1, read off the
-    clock as each ends."""
-
-    def __init__(self, clock: Clock, k0: int, k1: int) -> None:
-        self.clock, self.k0, self.k1 = clock, k0, k1
-        self.stamps: dict[int, Times] = {}
-
-    def generator_iteration_done(self, iteration: int) -> None:
-        if iteration in (self.k0, self.k1):  # the clock syncs CUDA: only at the two ends
-            self.stamps[iteration] = self.clock()
-
-    def per_iteration(self) -> Times:
-        return elapsed(self.stamps[self.k0], self.stamps[self.k1], self.k1 - self.k0)
-
-
-class WindowCallback(pl.Callback):
-    def __init__(self, window: Window) -> None:
-        self.window = window
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if pl_module.cycle_critic_steps == 0:  # this batch ended with a generator iteration
-            self.window.generator_iteration_done(pl_module.generator_iterations)
-
-
 # -------------------------------------------------------------------------------------- WGAN
 def smoke_run(device: torch.device, k1: int, directory: str):
     """The model, data and Trainer that ``repro fit`` builds from smoke.yaml, stopping after k1
@@ -135,16 +115,17 @@ def smoke_run(device: torch.device, k1: int, directory: str):
 
 
 def plain_wgan(model: WGAN, data: pl.LightningDataModule, device: torch.device,
-               window: Window, directory: str) -> None:
-    """Algorithm 1 as a plain loop over the module's networks and optimizers."""
+               directory: str) -> Iterator[int]:
+    """Algorithm 1 as a plain loop over the module's networks and optimizers: one generator
+    iteration per ``next``, which returns how many are done."""
     h = model.hparams
     generator, critic = model.generator.to(device), model.critic.to(device)
     critic_optimizer, generator_optimizer = model.configure_optimizers()
     data.setup("fit")
     loader = data.train_dataloader()
     clip_weights(critic, h.clip_value)
-    generator_iterations, critic_steps, epoch = 0, 0, 0
-    while generator_iterations < window.k1:
+    generator_iterations, critic_steps = 0, 0
+    for epoch in itertools.count():
         loader.sampler.set_epoch(epoch)
         for real, _ in loader:
             real = real.to(device, non_blocking=True)
@@ -168,48 +149,72 @@ def plain_wgan(model: WGAN, data: pl.LightningDataModule, device: torch.device,
             critic.requires_grad_(True)
             generator_iterations, critic_steps = generator_iterations + 1, 0
             torch.stack([wasserstein.detach(), generator_loss.detach()]).tolist()
-            window.generator_iteration_done(generator_iterations)
-            if generator_iterations == window.k1:
-                break
-        else:
-            torch.save({"generator": generator.state_dict(), "critic": critic.state_dict(),
-                        "critic_optimizer": critic_optimizer.state_dict(),
-                        "generator_optimizer": generator_optimizer.state_dict()},
-                       Path(directory) / "plain.pt")
-            epoch += 1
+            yield generator_iterations
+        torch.save({"generator": generator.state_dict(), "critic": critic.state_dict(),
+                    "critic_optimizer": critic_optimizer.state_dict(),
+                    "generator_optimizer": generator_optimizer.state_dict()},
+                   Path(directory) / "plain.pt")
 
 
-def wgan_run(kind: str, device: torch.device, window: Window, directory: str,
-             without: str | None = None) -> WGAN:
-    """One fresh run of ``kind`` (plain, lightning, repro fit; ``without`` one of the runner's
-    callbacks) to generator iteration ``window.k1``; the trained model."""
-    cli = smoke_run(device, window.k1, directory)
-    if kind == "plain":
-        plain_wgan(cli.model, cli.datamodule, device, window, directory)
-        return cli.model
-    if kind == "lightning":
+def trainer_for(kind: str, cli, device: torch.device, directory: str,
+                without: str | None = None) -> pl.Trainer:
+    """The ``Lightning`` Trainer (smoke.yaml's trainer settings) or the ``repro fit`` one (the
+    CLI's, ``without`` one of the runner's callbacks)."""
+    if kind == "Lightning":
         settings = yaml.safe_load(SMOKE.read_text())["trainer"]
         settings.update(accelerator="gpu" if device.type == "cuda" else "cpu", logger=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=directory)
-        trainer = pl.Trainer(**settings, callbacks=[WindowCallback(window)])
-    else:
-        trainer = cli.trainer
-        if without:
-            trainer.callbacks[:] = [c for c in trainer.callbacks if type(c).__name__ != without]
-        trainer.callbacks.append(WindowCallback(window))
-    trainer.fit(cli.model, cli.datamodule)
-    return cli.model
+        return pl.Trainer(**settings)
+    trainer = cli.trainer
+    if without:
+        trainer.callbacks[:] = [c for c in trainer.callbacks if type(c).__name__ != without]
+    return trainer
+
+
+class Paired(pl.Callback):
+    """After each generator iteration of the Trainer's run, one of the plain loop's, each timed
+    on its own over iterations k0 + 1 to k1: the two take turns every tenth of a second or so,
+    so the load of a shared machine falls on both alike."""
+
+    def __init__(self, plain: Iterator[int], clock: Clock, k0: int, k1: int) -> None:
+        self.plain, self.clock, self.k0, self.k1 = plain, clock, k0, k1
+        self.totals = {"module": (0.0, 0.0, 0.0), "plain": (0.0, 0.0, 0.0)}
+        self.last: Times | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if pl_module.cycle_critic_steps:  # no generator iteration ended with this batch
+            return
+        between = self.clock()
+        next(self.plain)
+        after = self.clock()
+        if self.k0 < pl_module.generator_iterations <= self.k1:
+            for name, start, end in (("module", self.last, between), ("plain", between, after)):
+                self.totals[name] = tuple(t + d for t, d in zip(self.totals[name],
+                                                                elapsed(start, end)))
+        self.last = after
+
+    def per_iteration(self) -> tuple[Times, Times]:
+        """(the Trainer's run, the plain loop's) seconds per generator iteration."""
+        count = self.k1 - self.k0
+        return tuple(tuple(t / count for t in self.totals[name])  # type: ignore[return-value]
+                     for name in ("module", "plain"))
 
 
 def wgan_contender(kind: str, device: torch.device, k0: int, k1: int,
-                   without: str | None = None) -> Callable[[], Times]:
-    """A function that trains one fresh run and returns its seconds per generator iteration."""
-    def run() -> Times:
-        window = Window(Clock(device), k0, k1)
+                   without: str | None = None) -> Callable[[], tuple[Times, Times]]:
+    """A function that trains a fresh ``kind`` run paired with a fresh plain loop (the same
+    seed) and returns both's seconds per generator iteration."""
+    def run() -> tuple[Times, Times]:
         with tempfile.TemporaryDirectory() as directory:
-            wgan_run(kind, device, window, directory, without)
-        return window.per_iteration()
+            plain = smoke_run(device, k1, directory)
+            cli = smoke_run(device, k1, directory)
+            paired = Paired(plain_wgan(plain.model, plain.datamodule, device, directory),
+                            Clock(device), k0, k1)
+            trainer = trainer_for(kind, cli, device, directory, without)
+            trainer.callbacks.append(paired)
+            trainer.fit(cli.model, cli.datamodule)
+        return paired.per_iteration()
 
     return run
 
@@ -290,16 +295,14 @@ def operations_per_time_step(contender: str, device: torch.device) -> float:
 
 
 # ------------------------------------------------------------------------------------ driver
-def interleaved(contenders: dict[str, Callable[[], Times]],
-                rounds: int) -> dict[str, list[Times]]:
+def interleaved(contenders: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[Any]]:
     """Each contender once per round, in an order that rotates from round to round."""
     names = list(contenders)
-    results: dict[str, list[Times]] = {name: [] for name in names}
+    results: dict[str, list[Any]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             results[name].append(contenders[name]())
-        print(f"  round {r + 1}/{rounds}: " + ", ".join(
-            f"{name} {results[name][-1][0]:.4f}" for name in names), file=sys.stderr, flush=True)
+        print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
     return results
 
 
@@ -319,25 +322,25 @@ def machine(device: torch.device, threads: int) -> str:
 
 
 def wgan_table(device: torch.device, rounds: int, k0: int, k1: int, ablate: bool) -> list[str]:
-    contenders = {"plain": wgan_contender("plain", device, k0, k1),
-                  "Lightning": wgan_contender("lightning", device, k0, k1),
+    contenders = {"Lightning": wgan_contender("Lightning", device, k0, k1),
                   "repro fit": wgan_contender("repro fit", device, k0, k1)}
     if ablate:
         for callback in RUNNER_CALLBACKS:
             contenders[f"repro fit without {callback}"] = wgan_contender(
                 "repro fit", device, k0, k1, without=callback)
     samples = interleaved(contenders, rounds)
-    results = {name: medians(runs) for name, runs in samples.items()}
     clock = "CPU" if device.type == "cpu" else "wall"
-    base = results["plain"][0]
-    lines = [(f"## WGAN, generator iterations {k0} to {k1} of each run "
+    lines = [(f"## WGAN, generator iterations {k0 + 1} to {k1}, each run paired with a plain loop "
               f"({rounds} runs per loop, interleaved)"), "",
-             (f"| loop | ms per generator iteration ({clock}) | runs' range | wall ms | "
-              f"generator iterations/s | vs plain |"), "|---|---|---|---|---|---|"]
-    for name, (main, wall, _) in results.items():
-        low, high = (f(run[0] for run in samples[name]) * 1e3 for f in (min, max))
-        lines.append(f"| {name} | {main * 1e3:.1f} | {low:.0f}-{high:.0f} | {wall * 1e3:.1f} | "
-                     f"{1 / main:.2f} | {main / base:.3f}x |")
+             (f"| loop | ms per generator iteration ({clock}) | its plain loop's | vs plain, "
+              f"median | runs' range | generator iterations/s |"), "|---|---|---|---|---|---|"]
+    for name, runs in samples.items():
+        ratios = [module[0] / plain[0] for module, plain in runs]
+        module = statistics.median(run[0][0] for run in runs)
+        plain = statistics.median(run[1][0] for run in runs)
+        lines.append(f"| {name} | {module * 1e3:.1f} | {plain * 1e3:.1f} | "
+                     f"{statistics.median(ratios):.3f}x | {min(ratios):.3f}-{max(ratios):.3f} | "
+                     f"{1 / module:.2f} |")
     return lines
 
 
