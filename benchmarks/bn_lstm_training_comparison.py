@@ -87,7 +87,7 @@ def main() -> None:
     lines += [f"| {cell} | {run['test_acc']:.3f} | {run['seconds']:.0f} |"
               for cell, run in runs.items()]
     lines += ["", "Wall times include validation and depend on the machine's load; "
-              "benchmarks/bn_lstm_speed.py times the training step alone."]
+              "benchmarks/loop_overhead.py times the training step alone."]
     (RESULTS / "bn_lstm_training_comparison.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -464,11 +464,13 @@ class HandwritingDataModule(pl.LightningDataModule):
                                           shuffle=True)
         return DataLoader(self.train_set, self.hparams.batch_size, sampler=sampler,
                           drop_last=False, collate_fn=collate_handwriting,
-                          num_workers=self.hparams.num_workers)
+                          num_workers=self.hparams.num_workers,
+                          persistent_workers=self.hparams.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, self.hparams.batch_size, shuffle=False,
-                          collate_fn=collate_handwriting, num_workers=self.hparams.num_workers)
+                          collate_fn=collate_handwriting, num_workers=self.hparams.num_workers,
+                          persistent_workers=self.hparams.num_workers > 0)
 
     def state_dict(self) -> dict[str, list[float]]:
         """The training split's offset statistics, saved in every checkpoint."""

@@ -164,7 +164,7 @@ class SequentialMNISTDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         return DataLoader(self.splits[split], batch_size=self.batch_size,
-                          num_workers=self.num_workers)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         # drop_last: batch statistics of a tiny last batch would be noise.
@@ -172,7 +172,7 @@ class SequentialMNISTDataModule(pl.LightningDataModule):
         sampler = resumable_train_sampler(self.trainer, train, self.batch_size, shuffle=True,
                                           drop_last=True)
         return DataLoader(train, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                          num_workers=self.num_workers)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

@@ -33,6 +33,18 @@ def cpu_flags() -> str:
     return platform.processor()
 
 
+def vector_flags(avx512: bool = False) -> tuple[str, ...]:
+    """Build ATen's 256-bit ``Vectorized`` where the CPU has AVX2 and FMA, as torch's own AVX2
+    kernels are built; with ``avx512``, its 512-bit one where the CPU has the AVX-512 sets torch's
+    AVX512 kernels need (F, BW, VL, DQ); elsewhere its portable scalar fallback."""
+    flags = cpu_flags().split()
+    if avx512 and {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= set(flags):
+        return ("-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512")
+    if "avx2" in flags and "fma" in flags:
+        return ("-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2")
+    return ()
+
+
 def build_name(prefix: str, source: Path, extra_cflags: tuple[str, ...] = ()) -> str:
     """``prefix`` and a hash of the source, this CPU's instruction sets, torch and the flags."""
     digest = hashlib.sha256((source.read_text() + cpu_flags() + torch.__version__

@@ -19,11 +19,17 @@ beyond T_max (the training length) reuse step T_max's. gamma starts at 0.1 (Sec.
 (``benchmarks/bn_lstm_gradient_flow.py``) reproduces that for a batch-normalised tanh RNN; for this
 untrained BN-LSTM it finds the opposite ordering, gamma 0.1 vanishing faster than 1.0.
 
-Speed: the input-to-hidden term and its normalisation do not depend on h, so they are computed for
-all time steps at once (per-step statistics are reductions over the batch axis only); what is
-left in the Python loop is one step of native kernels (``F.batch_norm`` updates step t's population
-statistics in place). ``compile=True`` runs the step through ``torch.compile``; on CPU it is no
-faster at these sizes (``benchmarks/results/bn_lstm_speed.md``), so it is off by default.
+Two implementations of the one cell, with the same parameters and statistics:
+
+* ``BNLSTM.unroll``, the reference: ``bn_lstm_step`` (the equations, with ``F.batch_norm``, which
+  updates step t's population statistics in place) stepped in Python and differentiated by
+  autograd, about 40 operations per time step. Its h_t are the tensors the recurrence used, so
+  ``torch.autograd.grad(loss, hs)`` gives the paper's dL/dh_t (Fig. 1).
+* ``BNLSTM.forward``, fused (``bn_lstm_fused.py``): per time step the products W_h h_{t-1} and
+  W_x x_t and one kernel for both gate batch norms, the gates, the cell, its batch norm and h,
+  the population's update included; backward one kernel and five products. C++ on the CPU,
+  Triton on CUDA; other devices and dtypes take ``unroll``. At 784 steps a training step takes
+  0.78x ``nn.LSTM``'s CPU time on one thread (``benchmarks/results/loop_overhead_cpu.md``).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from optimizers import presets
+from reproductions.bn_lstm_fused import BNLSTMSequence, Cell, backend_for
 from reproductions.experiment import Dashboard, Panel
 
 DASHBOARD = Dashboard(
@@ -57,9 +64,8 @@ class StepwiseBatchNorm(nn.Module):
     ``running_var[t]`` are step t's population statistics, kept for t < t_max and reused from
     step t_max - 1 beyond it. ``shift=False`` gives BN(x; gamma, 0), with no beta at all. The
     normalisation itself is ``F.batch_norm`` (one native kernel, cuDNN on GPU) on a row view of
-    the buffers, which it updates in place as ``nn.BatchNorm1d`` does (unbiased variance): whole
-    sequences through ``forward_sequence``, one step at a time through ``bn_lstm_step`` with
-    ``statistics(t)``.
+    the buffers, which it updates in place as ``nn.BatchNorm1d`` does (unbiased variance), one
+    time step at a time in ``bn_lstm_step`` with the rows of ``step_statistics``.
     """
 
     def __init__(self, num_features: int, t_max: int, gamma_init: float = 0.1, shift: bool = True,
@@ -75,57 +81,36 @@ class StepwiseBatchNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(t_max, num_features))
         self.register_buffer("running_var", torch.ones(t_max, num_features))
 
-    def statistics(self, t: int) -> tuple[Tensor | None, Tensor | None]:
-        """Step t's population statistics (views): its own below t_max, else step t_max - 1's in
-        evaluation; in training, steps from t_max on have none and use the batch's alone."""
-        if t < self.t_max:
-            return self.running_mean[t], self.running_var[t]
-        if self.training:
-            return None, None
-        return self.running_mean[-1], self.running_var[-1]
-
-    def forward_sequence(self, x: Tensor) -> Tensor:
-        """Normalise x (batch, time, features) with each step's own statistics, all steps at once.
-
-        Statistics per (step, feature) are reductions over the batch axis alone, so the sequence
-        is one batch of time * features columns with gamma and beta tiled over time.
-        """
-        batch, steps, features = x.shape
-        own = min(steps, self.t_max)  # steps with population statistics of their own
-        parts = [self._normalize_columns(x[:, :own], self.running_mean[:own].reshape(-1),
-                                         self.running_var[:own].reshape(-1))]
-        if steps > own:  # beyond t_max: batch statistics in training, step t_max - 1's in eval
-            beyond = x[:, own:]
-            mean, var = self.statistics(self.t_max)
-            if mean is not None:
-                mean, var = mean.repeat(steps - own), var.repeat(steps - own)
-            parts.append(self._normalize_columns(beyond, mean, var))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-
-    def _normalize_columns(self, x: Tensor, mean: Tensor | None, var: Tensor | None) -> Tensor:
-        batch, steps, features = x.shape
-        bias = None if self.bias is None else self.bias.repeat(steps)
-        out = F.batch_norm(x.reshape(batch, steps * features), mean, var,
-                           self.weight.repeat(steps), bias, self.training, self.momentum, self.eps)
-        return out.view(batch, steps, features)
+    def step_statistics(self, steps: int) -> list[tuple[Tensor | None, Tensor | None]]:
+        """Population statistics (row views) of time steps 0 .. steps - 1: step t's own below
+        t_max; beyond it step t_max - 1's in evaluation, and none in training, where the batch's
+        statistics alone normalise."""
+        own = list(zip(self.running_mean.unbind(0), self.running_var.unbind(0)))
+        beyond = (None, None) if self.training else own[-1]
+        return own[:steps] + [beyond] * (steps - self.t_max)
 
 
-def bn_lstm_step(h: Tensor, c: Tensor, input_term: Tensor, weight_hh: Tensor, bn_hh: Tensor,
-                 bn_c: tuple[Tensor, Tensor], statistics: tuple[Tensor | None, ...],
-                 training: bool, momentum: float, eps: float) -> tuple[Tensor, Tensor]:
-    """One BN-LSTM time step, eq. (6)-(8).
+def bn_lstm_step(x: Tensor, h: Tensor, c: Tensor, weight_ih: Tensor, weight_hh: Tensor,
+                 bias: Tensor, gammas: tuple[Tensor, Tensor, Tensor], beta_c: Tensor,
+                 statistics: tuple[Tensor | None, ...], training: bool, momentum: float,
+                 eps: float) -> tuple[Tensor, Tensor]:
+    """One BN-LSTM time step, eq. (6)-(8), from x_t (batch, input_size) and (h, c) = (h_{t-1},
+    c_{t-1}).
 
-    input_term: BN(W_x x_t; gamma_x, 0) + b, computed for all steps before the loop.
-    bn_hh: gamma_h; bn_c: (gamma_c, beta_c); statistics: step t's population (mean_h, var_h,
-    mean_c, var_c), updated in place in training, or Nones beyond t_max.
+    gammas: (gamma_x, gamma_h, gamma_c); statistics: step t's population (mean_x, var_x, mean_h,
+    var_h, mean_c, var_c), updated in place in training, or Nones beyond t_max. b is the shift of
+    the hidden-to-hidden batch norm: BN(W_h h; gamma_h, 0) + b = BN(W_h h; gamma_h, b).
     """
-    mean_h, var_h, mean_c, var_c = statistics
-    gates = F.batch_norm(h @ weight_hh.t(), mean_h, var_h, bn_hh, None, training, momentum,
-                         eps) + input_term                                          # (6)
-    hidden = h.shape[1]
-    f, i, o = torch.sigmoid(gates[:, :3 * hidden]).chunk(3, dim=1)
-    c = torch.addcmul(f * c, i, torch.tanh(gates[:, 3 * hidden:]))                  # (7)
-    c_hat = F.batch_norm(c, mean_c, var_c, bn_c[0], bn_c[1], training, momentum, eps)
+    mean_x, var_x, mean_h, var_h, mean_c, var_c = statistics
+    gamma_x, gamma_h, gamma_c = gammas
+    gates = (F.batch_norm(h @ weight_hh.t(), mean_h, var_h, gamma_h, bias, training, momentum, eps)
+             + F.batch_norm(x @ weight_ih.t(), mean_x, var_x, gamma_x, None, training, momentum,
+                            eps))                                                   # (6)
+    # split, not slices: its backward is one concatenation, where slices' are zero-fills.
+    sigmoid_gates, g = gates.split((3 * h.shape[1], h.shape[1]), dim=1)
+    f, i, o = torch.sigmoid(sigmoid_gates).chunk(3, dim=1)
+    c = torch.addcmul(f * c, i, torch.tanh(g))                                      # (7)
+    c_hat = F.batch_norm(c, mean_c, var_c, gamma_c, beta_c, training, momentum, eps)
     return o * torch.tanh(c_hat), c                                                 # (8)
 
 
@@ -134,13 +119,12 @@ class BNLSTM(nn.Module):
 
     Initialisation as the paper's MNIST experiments: orthogonal input-to-hidden weights,
     identity hidden-to-hidden weights (per gate), every gamma at ``gamma_init``, beta_c 0, and
-    bias b 0 except the forget gate's ``forget_bias``. ``compile=True`` runs the step through
-    ``torch.compile`` (see ``benchmarks/bn_lstm_speed.py`` for what it buys).
+    bias b 0 except the forget gate's ``forget_bias``. ``forward`` is the fused cell, ``unroll``
+    the reference (module docstring).
     """
 
     def __init__(self, input_size: int, hidden_size: int, t_max: int, gamma_init: float = 0.1,
-                 forget_bias: float = 1.0, bn_momentum: float = 0.1, eps: float = 1e-5,
-                 compile: bool = False) -> None:
+                 forget_bias: float = 1.0, bn_momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
         self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
@@ -152,37 +136,56 @@ class BNLSTM(nn.Module):
         init_lstm_weights(self.weight_ih, self.weight_hh)
         with torch.no_grad():
             self.bias[:hidden_size].fill_(forget_bias)
-        # Shapes are fixed within a run: compile once per (shape, train/eval), no dynamic shapes.
-        self.step = torch.compile(bn_lstm_step, dynamic=False) if compile else bn_lstm_step
 
-    def unroll(self, x: Tensor, state: State) -> tuple[list[Tensor], Tensor]:
-        """Run over x (batch, time, input_size) from state (h0, c0); every h_t and the last c.
-
-        The h_t are the tensors the recurrence itself used, so gradients with respect to them
-        (``torch.autograd.grad(loss, hs)``) are the paper's dL/dh_t of Fig. 1.
-        """
+    def _check(self, x: Tensor) -> None:
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"BNLSTM: expected input (batch, time, {self.input_size}), "
                              f"got shape {tuple(x.shape)}")
         if self.training and x.shape[0] < 2:
             raise ValueError("BNLSTM: training normalises with batch statistics and needs a batch "
                              f"of at least 2 sequences, got {x.shape[0]}")
-        # BN(W_x x_t; gamma_x, 0) + b for every t at once: it does not depend on the recurrence.
-        input_terms = (self.bn_ih.forward_sequence(x @ self.weight_ih.t()) + self.bias).unbind(1)
+
+    def unroll(self, x: Tensor, state: State) -> tuple[list[Tensor], Tensor]:
+        """The reference: ``bn_lstm_step`` over x (batch, time, input_size) from state (h0, c0);
+        every h_t and the last c.
+
+        The h_t are the tensors the recurrence itself used, so gradients with respect to them
+        (``torch.autograd.grad(loss, hs)``) are the paper's dL/dh_t of Fig. 1.
+        """
+        self._check(x)
+        steps = x.shape[1]
+        statistics = zip(*(bn.step_statistics(steps) for bn in (self.bn_ih, self.bn_hh, self.bn_c)))
+        gammas = (self.bn_ih.weight, self.bn_hh.weight, self.bn_c.weight)
         h, c = state
         hs = []
-        bn_c = (self.bn_c.weight, self.bn_c.bias)
-        for t, input_term in enumerate(input_terms):
-            statistics = (*self.bn_hh.statistics(t), *self.bn_c.statistics(t))
-            h, c = self.step(h, c, input_term, self.weight_hh, self.bn_hh.weight, bn_c, statistics,
-                             self.training, self.bn_hh.momentum, self.bn_hh.eps)
+        for x_t, (stats_x, stats_h, stats_c) in zip(x.unbind(1), statistics):
+            h, c = bn_lstm_step(x_t, h, c, self.weight_ih, self.weight_hh, self.bias, gammas,
+                                self.bn_c.bias, (*stats_x, *stats_h, *stats_c), self.training,
+                                self.bn_c.momentum, self.bn_c.eps)
             hs.append(h)
         return hs, c
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """x (batch, time, input_size) -> outputs (batch, time, hidden), (h_T, c_T), as nn.LSTM."""
-        hs, c = self.unroll(x, state)
-        return torch.stack(hs, dim=1), (hs[-1], c)
+        """x (batch, time, input_size) -> outputs (batch, time, hidden), (h_T, c_T), as nn.LSTM:
+        the fused cell (``unroll`` where x's device and dtype have no kernels)."""
+        backend = backend_for(x)
+        if backend is None:
+            hs, c = self.unroll(x, state)
+            return torch.stack(hs, dim=1), (hs[-1], c)
+        self._check(x)
+        steps = x.shape[1]
+        statistics = [(*h, *i, *c) for h, i, c in zip(
+            *(bn.step_statistics(steps) for bn in (self.bn_hh, self.bn_ih, self.bn_c)))]
+        parameters = (self.weight_ih, self.weight_hh, self.bias, self.bn_ih.weight,
+                      self.bn_hh.weight, self.bn_c.weight, self.bn_c.bias)
+        cell = Cell(*parameters, self.training, self.bn_c.momentum, self.bn_c.eps, backend)
+        h0, c0 = (s.contiguous() for s in state)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, c0, *parameters)):
+            outputs, c = BNLSTMSequence.apply(x, h0, c0, *parameters, statistics, cell)
+        else:
+            hidden, cells, _, _ = cell.forward(x, h0, c0, statistics)
+            outputs, c = hidden[1:], cells[-1]
+        return outputs.transpose(0, 1), (outputs[-1], c)
 
 
 def init_lstm_weights(weight_ih: Tensor, weight_hh: Tensor) -> None:
@@ -212,7 +215,6 @@ class SequentialClassifier(pl.LightningModule):
             fp32 rounding noise.
         forget_bias: initial forget-gate bias (our choice; papers.md does not fix it).
         bn_momentum: weight of each new batch in the population statistics.
-        compile: ``torch.compile`` the BN-LSTM step (one compilation per shape, then fast).
         optimizer: the optimizer, given the parameters (default: the ``bn_lstm`` RMSprop preset,
             lr 1e-3, decay 0.9, no momentum).
     """
@@ -220,7 +222,7 @@ class SequentialClassifier(pl.LightningModule):
     def __init__(self, cell: Literal["lstm", "bn_lstm"] = "bn_lstm", input_size: int = 1,
                  hidden_size: int = 100, num_classes: int = 10, t_max: int = 784,
                  gamma_init: float = 0.1, initial_state_noise: float = 0.1,
-                 forget_bias: float = 1.0, bn_momentum: float = 0.1, compile: bool = False,
+                 forget_bias: float = 1.0, bn_momentum: float = 0.1,
                  optimizer: OptimizerCallable = presets.BnLstm) -> None:
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
@@ -234,7 +236,7 @@ class SequentialClassifier(pl.LightningModule):
         self.optimizer = optimizer
         if cell == "bn_lstm":
             self.rnn = BNLSTM(input_size, hidden_size, t_max, gamma_init, forget_bias,
-                              bn_momentum, compile=compile)
+                              bn_momentum)
         elif cell == "lstm":
             self.rnn = nn.LSTM(input_size, hidden_size, batch_first=True)
             # nn.LSTM's gate order is (i, f, g, o) and it has two biases: b = b_ih + b_hh.
@@ -276,8 +278,7 @@ class SequentialClassifier(pl.LightningModule):
         """x (batch, time, input_size) -> class logits (batch, num_classes)."""
         h0, c0 = self.initial_state(x)
         if isinstance(self.rnn, BNLSTM):
-            hs, _ = self.rnn.unroll(x, (h0, c0))
-            last = hs[-1]
+            _, (last, _) = self.rnn(x, (h0, c0))
         else:
             if x.dim() != 3 or x.shape[-1] != self.hparams.input_size:
                 raise ValueError(f"SequentialClassifier: expected input (batch, time, "

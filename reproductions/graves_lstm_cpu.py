@@ -29,19 +29,10 @@ from optimizers import cpp_build
 SOURCE = Path(__file__).with_name("graves_lstm_cpu.cpp")
 
 
-def _vector_flags() -> tuple[str, ...]:
-    """Build ATen's 256-bit ``Vectorized`` where the CPU has AVX2 and FMA, as torch's own AVX2
-    kernels are built; elsewhere its portable scalar fallback."""
-    cpu_flags = cpp_build.cpu_flags().split()
-    if "avx2" in cpu_flags and "fma" in cpu_flags:
-        return ("-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2")
-    return ()
-
-
 @functools.cache
 def ops():
     """``torch.ops.graves_lstm``, with the library built (now, if this machine has no build)."""
-    cpp_build.load("graves_lstm_cpu", SOURCE, "the CPU cell of GravesLSTM", _vector_flags(),
+    cpp_build.load("graves_lstm_cpu", SOURCE, "the CPU cell of GravesLSTM", cpp_build.vector_flags(),
                    is_python_module=False)
     return torch.ops.graves_lstm
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from pathlib import Path
 from unittest import mock
 
@@ -200,3 +201,40 @@ TINY_BN_LSTM = [
     "--data.init_args.pixels_per_step", "112", "--model.init_args.input_size", "112",
     "--model.init_args.t_max", "7", "--model.init_args.hidden_size", "8",
     "--optimizer_monitor.every_n_steps", "1"]
+
+
+class CountOps(TorchDispatchMode):
+    """Counts the aten ops that would launch a kernel on CUDA: not views, not allocations."""
+
+    ALLOCATIONS = frozenset({"empty", "empty_like", "new_empty", "empty_strided",
+                             "new_empty_strided"})
+
+    def __init__(self):
+        super().__init__()
+        self.ops = Counter()
+        self.paused = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.paused and not func.is_view and \
+                func.overloadpacket.__name__ not in self.ALLOCATIONS:
+            self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_kernel_launches(module, mode: CountOps, monkeypatch) -> None:
+    """Counts each launch of ``module``'s Triton kernels ``_forward_kernel`` and
+    ``_backward_kernel`` in ``mode`` under the kernel's name, without the interpreter's own tensor
+    traffic inside a launch."""
+    for name in ("_forward_kernel", "_backward_kernel"):
+        kernel = getattr(module, name)
+
+        def run(*args, _run=kernel.run, _name=name, **kwargs):
+            mode.ops[_name] += 1
+            mode.paused = True
+            try:
+                return _run(*args, **kwargs)
+            finally:
+                mode.paused = False
+
+        monkeypatch.setattr(kernel, "run", run)
+

@@ -21,7 +21,7 @@ from helpers import TINY_BN_LSTM
 from optimizers import presets
 from reproductions.runner.cli import main
 from reproductions.runner.fault_tolerance import (AtomicCheckpointIO, NonFiniteTrainingError,
-                                                  SkipNonFiniteSteps, StepSeeding,
+                                                  SkipNonFiniteSteps, StepSeeding, all_finite,
                                                   checkpoint_damage, intact_checkpoint)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +78,46 @@ def test_a_nan_batch_is_skipped_as_if_it_were_absent(manual):
         state, expected = optimizer.state[p], reference_optimizer.state[q]
         for key in ("step", "square_avg", "grad_avg", "momentum_buffer"):
             assert torch.equal(state[key], expected[key]), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_all_finite_agrees_with_isfinite_on_every_kind_of_bad_value(dtype):
+    big = torch.finfo(dtype).max
+    tensors = [torch.randn(5, 7).to(dtype), torch.randn(3).to(dtype)]
+    cases = {"clean": [], "nan": [(0, (1, 2), float("nan"))], "inf": [(1, (0,), float("inf"))],
+             "inf and -inf": [(0, (0, 0), float("inf")), (0, (0, 1), -float("inf"))],
+             "largest finite, many": [(0, (i, j), big) for i in range(5) for j in range(7)]}
+    for name, changes in cases.items():
+        case = [t.clone() for t in tensors]
+        for index, position, value in changes:
+            case[index][position] = value
+        expected = all(bool(torch.isfinite(t).all()) for t in case)
+        assert bool(all_finite(case)) == expected, name
+    assert bool(all_finite([]))
+    assert bool(all_finite([tensors[0], torch.randn(4, dtype=torch.float64)]))
+
+
+def test_the_skipped_count_reaches_the_logger_at_start_each_change_and_end():
+    logged = []
+
+    class Recorder(pl.loggers.Logger):
+        name, version = "recorder", 0
+
+        def log_metrics(self, metrics, step=None):
+            if "train/skipped_steps" in metrics:
+                logged.append((step, metrics["train/skipped_steps"]))
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+    x, y = batches({2, 4})
+    trainer = pl.Trainer(max_epochs=1, logger=Recorder(), enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", callbacks=[SkipNonFiniteSteps()])
+    trainer.fit(Regression(), DataLoader(TensorDataset(x, y), batch_size=4))
+    # Batches 0-5, 2 and 4 skipped; global_step counts the skipped steps too (Lightning counts
+    # the step call), so batch b ends at step b + 1.
+    assert logged == [(0, 0.0), (3, 1.0), (5, 2.0), (6, 2.0)]
 
 
 def test_consecutive_non_finite_steps_stop_the_run_with_untouched_weights():

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from helpers import CountOps, count_kernel_launches
 
 import reproductions.graves_lstm as graves
 from reproductions import graves_lstm_cpu, graves_lstm_triton
@@ -162,39 +162,11 @@ def test_bad_clip_and_device_are_refused():
 # ---------------------------------------------------------------------------- launches per step
 
 
-class CountOps(TorchDispatchMode):
-    """Counts the aten ops that would launch a kernel on CUDA: not views, not allocations."""
-
-    ALLOCATIONS = {"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"}
-
-    def __init__(self):
-        super().__init__()
-        self.ops = Counter()
-        self.paused = False
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not self.paused and not func.is_view and \
-                func.overloadpacket.__name__ not in self.ALLOCATIONS:
-            self.ops[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def launches(steps: int, monkeypatch) -> tuple[Counter, Counter]:
     """(forward, backward) launches of one sequence on the Triton path: aten ops plus Triton
     kernels, with the interpreter's own tensor traffic inside a launch not counted."""
     mode = CountOps()
-    for name in ("_forward_kernel", "_backward_kernel"):
-        kernel = getattr(graves_lstm_triton, name)
-
-        def run(*args, _run=kernel.run, _name=name, **kwargs):
-            mode.ops[_name] += 1
-            mode.paused = True
-            try:
-                return _run(*args, **kwargs)
-            finally:
-                mode.paused = False
-
-        monkeypatch.setattr(kernel, "run", run)
+    count_kernel_launches(graves_lstm_triton, mode, monkeypatch)
     _, fused = layers(torch.float32)
     x = torch.randn(BATCH, steps, INPUTS)
     state = (torch.zeros(1, BATCH, HIDDEN, requires_grad=True),

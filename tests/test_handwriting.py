@@ -165,6 +165,13 @@ def test_hershey_dataset_goes_through_the_iam_parser(tmp_path):
         assert line.offsets[-1, 2] == 1 and line.offsets[:, 2].sum() >= len(line.text.split())
 
 
+def test_workers_persist_across_epochs(tmp_path):
+    write_hershey_dataset(tmp_path, num_lines=20, val_lines=10, max_chars=5, seed=1)
+    dm = HandwritingDataModule(root=str(tmp_path), num_workers=1)
+    dm.setup("fit")
+    assert dm.train_dataloader().persistent_workers and dm.val_dataloader().persistent_workers
+
+
 def test_alphabet_has_57_characters_and_maps_the_rest_to_non_letter():
     assert len(ALPHABET) == len(set(ALPHABET)) == 57
     assert encode_text("a1Z?").tolist() == [ALPHABET.index("a"), 0, ALPHABET.index("Z"), 0]

@@ -10,8 +10,7 @@ import torch
 
 from optimizers import RMSprop, cpu_kernel
 
-from helpers import (TOLERANCES, VARIANTS, assert_matches_reference, gradient,
-                     gradients_in_one_buffer, initial_params, needs_triton, optimizer_trajectory,
+from helpers import (TOLERANCES, VARIANTS, assert_matches_reference, gradients_in_one_buffer, initial_params, needs_triton, optimizer_trajectory,
                      reference_trajectory, rounding_spread, triton_on_cpu)
 
 STEPS = 12

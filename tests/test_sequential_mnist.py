@@ -148,3 +148,12 @@ def test_val_size_larger_than_the_training_set_is_refused(tmp_path):
 def test_bad_arguments_are_refused_with_the_field_name(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SequentialMNISTDataModule(**kwargs)
+
+
+def test_workers_persist_across_epochs():
+    dm = SequentialMNISTDataModule(dataset="mnist5k", num_workers=1)
+    dm.setup("fit")
+    assert all(loader.persistent_workers for loader in (dm.train_dataloader(),
+                                                          dm.val_dataloader()))
+    dm.num_workers = 0
+    assert not dm.train_dataloader().persistent_workers

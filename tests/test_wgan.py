@@ -3,6 +3,7 @@ penalty, the step/gradient cosine, configs against the papers, bad input, and on
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import wandb
+from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 
 import paper_facts
@@ -19,7 +21,7 @@ from datamodules.images import DatasetError
 from optimizers import RMSprop
 from reproductions.runner.cli import main
 from reproductions.wgan import (WGAN, DCGANCritic, DCGANGenerator, MLPCritic, MLPGenerator,
-                                clip_weights, critic_iterations, gradient_penalty,
+                                clip_weights, critic_iterations, flat_copy, gradient_penalty,
                                 step_gradient_cosine)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "wgan"
@@ -125,9 +127,9 @@ def tiny_wgan(**overrides) -> WGAN:
 
 
 def fit(model: WGAN, batches: int, **trainer) -> pl.Trainer:
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, max_epochs=1,
-                         **trainer)
+    settings = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False,
+                "enable_progress_bar": False, "enable_model_summary": False, "max_epochs": 1}
+    trainer = pl.Trainer(**{**settings, **trainer})
     trainer.fit(model, TinyImages(batches))
     return trainer
 
@@ -159,6 +161,29 @@ def test_checkpoint_keeps_the_generator_iteration_count(tmp_path):
     torch.testing.assert_close(restored.fixed_noise, model.fixed_noise)
     with torch.no_grad():
         torch.testing.assert_close(restored(model.fixed_noise), model(model.fixed_noise))
+
+
+def test_each_generator_iteration_logs_its_metrics(tmp_path):
+    # An SGD critic steps along -grad exactly: every critic step's cosine is 1, so is their mean.
+    model = tiny_wgan(n_critic=3, burst_below=0, burst_every=0, max_generator_iterations=4,
+                      critic_optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
+    fit(model, batches=20, logger=CSVLogger(tmp_path, name="run"))
+    lines = next(tmp_path.rglob("metrics.csv")).read_text().splitlines()
+    rows = [row for row in csv.DictReader(lines) if row.get("train/generator_iterations")]
+    assert [int(row["train/generator_iterations"]) for row in rows] == [1, 2, 3, 4]
+    assert [int(row["step"]) for row in rows] == [4, 8, 12, 16]  # 3 critic steps + 1 G step each
+    for row in rows:
+        assert int(row["train/critic_iterations"]) == 3
+        assert float(row["train/critic_step_grad_cosine"]) == pytest.approx(1.0, abs=1e-5)
+        assert float(row["train/critic_loss"]) == -float(row["train/wasserstein_estimate"])
+        assert math.isfinite(float(row["train/generator_loss"]))
+
+
+def test_progress_bar_shows_w_and_the_generator_iteration():
+    model = tiny_wgan(n_critic=1, burst_below=0, burst_every=0, max_generator_iterations=2)
+    trainer = fit(model, batches=4, enable_progress_bar=True)
+    assert trainer.progress_bar_metrics["G_iter"] == 2.0
+    assert math.isfinite(trainer.progress_bar_metrics["W"])
 
 
 # ------------------------------------------------------------------------------ clipping
@@ -229,17 +254,26 @@ def test_step_gradient_cosine():
     torch.manual_seed(0)
     parameter = nn.Parameter(torch.randn(10))
     (parameter ** 3).sum().backward()
-    before, grad = [parameter.detach().clone()], [parameter.grad.clone()]
+    before, grad = flat_copy([parameter]), flat_copy([parameter.grad])
     torch.optim.SGD([parameter], lr=0.1).step()  # an SGD step is along -grad exactly
-    assert step_gradient_cosine(before, [parameter.detach()], grad) == pytest.approx(1.0)
-    assert step_gradient_cosine(before, [before[0] + 0.1 * grad[0]], grad) == pytest.approx(-1.0)
+    assert float(step_gradient_cosine(before, flat_copy([parameter]), grad)) == pytest.approx(1.0)
+    assert float(step_gradient_cosine(before, before + 0.1 * grad, grad)) == pytest.approx(-1.0)
     # RMSProp's first step from v = 0 is -lr g / (sqrt(0.01 g^2) + eps) = -10 lr sign(g):
     # cos(sign(g), g) = ||g||_1 / (sqrt(n) ||g||_2).
-    parameter.data.copy_(before[0])
+    parameter.data.copy_(before)
     RMSprop([parameter], lr=1e-3).step()
-    expected = grad[0].abs().sum() / (math.sqrt(10) * grad[0].norm())
-    assert step_gradient_cosine(before, [parameter.detach()], grad) == pytest.approx(
+    expected = grad.abs().sum() / (math.sqrt(10) * grad.norm())
+    assert float(step_gradient_cosine(before, flat_copy([parameter]), grad)) == pytest.approx(
         float(expected), rel=1e-4)
+
+
+def test_flat_copy_is_a_detached_copy_in_parameter_order():
+    first, second = nn.Parameter(torch.arange(6.0).view(2, 3)), nn.Parameter(torch.tensor([7.0]))
+    copy = flat_copy([first, second])
+    assert copy.tolist() == [0, 1, 2, 3, 4, 5, 7] and not copy.requires_grad
+    with torch.no_grad():
+        first.add_(1)
+    assert copy[0] == 0  # a snapshot, not a view
 
 
 # ------------------------------------------------------------------------------- configs

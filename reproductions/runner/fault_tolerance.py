@@ -20,11 +20,11 @@
     (Lightning's own progress counters, saved in every checkpoint). A plain
     ``DataLoader(shuffle=True)`` cannot resume: Lightning starts the resumed run's first iterator
     before any hook, so it trains the interrupted epoch on another order, from its start;
-  - the random numbers: ``StepSeeding`` reseeds torch (every device), numpy and random before
-    each training batch from (seed, epoch, batch index, rank), so noise, dropout and penalties
-    continue the same streams without any generator state in the checkpoint, and whatever draws
-    random numbers between steps (validation, DataLoader iterators, sample pictures) changes
-    nothing in training.
+  - the random numbers: ``StepSeeding`` reseeds torch (the CPU and the module's device), numpy
+    and random before each training batch from (seed, epoch, batch index, rank), so noise,
+    dropout and penalties continue the same streams without any generator state in the
+    checkpoint, and whatever draws random numbers between steps (validation, DataLoader
+    iterators, sample pictures) changes nothing in training.
 
   Other state that a step reads must be in the checkpoint too: the module's (WGAN's counters and
   the char-RNN's carried truncated-BPTT state are, via ``on_save_checkpoint``), the callbacks'
@@ -79,6 +79,7 @@ class SkipNonFiniteSteps(Callback):
         self.skipped = 0
         self.consecutive = 0
         self._loss_finite: torch.Tensor | None = None
+        self._logged: int | None = None  # the count the loggers last saw
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule,
                            loss: torch.Tensor) -> None:
@@ -87,9 +88,8 @@ class SkipNonFiniteSteps(Callback):
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads \
-            else torch.tensor(True)
+        finite = all_finite([p.grad for group in optimizer.param_groups for p in group["params"]
+                             if p.grad is not None])
         if self._loss_finite is not None:
             finite = finite & self._loss_finite.to(finite.device)
         self._loss_finite = None
@@ -110,9 +110,24 @@ class SkipNonFiniteSteps(Callback):
                 f"{checkpoint}. Lower the learning rate, raise eps, or clip gradients "
                 f"(trainer.gradient_clip_val) and resume with --ckpt_path.")
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(trainer)
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False)
+        if self.skipped != self._logged:
+            self._log(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(trainer)
+
+    def _log(self, trainer: Trainer) -> None:
+        """``train/skipped_steps`` at the start, at each change and at the end: the count is a step
+        function, which these points draw exactly (``self.log`` at every batch cost ~1 ms)."""
+        self._logged = self.skipped
+        for logger in trainer.loggers:
+            logger.log_metrics({"train/skipped_steps": float(self.skipped)},
+                               step=trainer.global_step)
 
     def state_dict(self) -> dict[str, int]:
         return {"skipped": self.skipped, "consecutive": self.consecutive}
@@ -157,6 +172,18 @@ class ConfiguredHyperparameters(Callback):
                             group[key] = value
 
 
+def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Whether no element of ``tensors`` is NaN or infinite, as a 0-dim bool tensor (no host
+    sync). A sum propagates NaN and inf; summed in float64, float32 and narrower values cannot
+    overflow. It reads each tensor once, where ``isfinite(g).all()`` also writes a mask: about 5x
+    faster on the CPU."""
+    checks = [torch.isfinite(t).all() for t in tensors if t.dtype == torch.float64]
+    sums = [t.sum(dtype=torch.float64) for t in tensors if t.dtype != torch.float64]
+    if sums:
+        checks.append(torch.stack(sums).isfinite().all())
+    return torch.stack(checks).all() if checks else torch.tensor(True)
+
+
 def same_setting(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return torch.equal(torch.as_tensor(a, dtype=torch.float64),
@@ -175,7 +202,8 @@ def step_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
 
 
 class StepSeeding(Callback):
-    """Reseed every random generator before each training batch from (seed, epoch, batch, rank).
+    """Reseed torch (the CPU's generator and the module's device's), numpy and random before each
+    training batch from (seed, epoch, batch, rank).
 
     Args:
         seed: the run's seed; None reads ``seed_everything``'s (PL_GLOBAL_SEED, else 0).
@@ -188,7 +216,9 @@ class StepSeeding(Callback):
                              batch_idx: int) -> None:
         base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         seed = step_seed(base, trainer.current_epoch, batch_idx, trainer.global_rank)
-        torch.manual_seed(seed)  # every device's generator too
+        torch.default_generator.manual_seed(seed)
+        if pl_module.device.type != "cpu":  # torch.manual_seed visits every backend: ~0.1 ms
+            torch.get_device_module(pl_module.device).manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
 
