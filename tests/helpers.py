@@ -238,3 +238,23 @@ def count_kernel_launches(module, mode: CountOps, monkeypatch) -> None:
 
         monkeypatch.setattr(kernel, "run", run)
 
+
+
+def cuda_kernels(forward) -> tuple[int, int]:
+    """The CUDA kernels the profiler sees in ``forward()`` (which returns a tensor) and in the
+    backward of its sum, after one warm-up call of both (Triton compiles, cuBLAS picks its
+    kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    forward().sum().backward()
+    counts = []
+    with profile(activities=[ProfilerActivity.CUDA]) as forward_profile:
+        outputs = forward()
+        torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as backward_profile:
+        outputs.sum().backward()
+        torch.cuda.synchronize()
+    for profiler in (forward_profile, backward_profile):
+        counts.append(sum(e.device_type == torch.autograd.DeviceType.CUDA
+                          for e in profiler.events()))
+    return counts[0], counts[1]

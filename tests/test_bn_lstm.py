@@ -13,7 +13,7 @@ from pathlib import Path
 import paper_facts
 import pytest
 import torch
-from helpers import CountOps, count_kernel_launches
+from helpers import CountOps, count_kernel_launches, cuda_kernels
 
 from optimizers import presets
 from reproductions import bn_lstm, bn_lstm_cpu, bn_lstm_triton
@@ -303,24 +303,11 @@ def test_cuda_training_matches_the_reference(dtype):
 def test_cuda_kernels_per_step_with_the_profiler():
     """On a GPU, the kernels the profiler sees per time step: the interpreter count above says 3
     forward and 6 backward; cuBLAS may split a product in two."""
-    from torch.profiler import ProfilerActivity, profile
-
     def kernels(steps: int) -> tuple[int, int]:
         cell = BNLSTM(1, 100, t_max=steps).cuda().train()
         x, state = torch.rand(100, steps, 1, device="cuda"), (
             torch.zeros(100, 100, device="cuda"), torch.zeros(100, 100, device="cuda"))
-        cell(x, state)[0].sum().backward()  # warm-up: Triton compiles, cuBLAS picks its kernels
-        counts = []
-        with profile(activities=[ProfilerActivity.CUDA]) as forward:
-            outputs, _ = cell(x, state)
-            torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as backward:
-            outputs.sum().backward()
-            torch.cuda.synchronize()
-        for profiler in (forward, backward):
-            counts.append(sum(e.device_type == torch.autograd.DeviceType.CUDA
-                              for e in profiler.events()))
-        return counts[0], counts[1]
+        return cuda_kernels(lambda: cell(x, state)[0])
 
     (forward_4, backward_4), (forward_12, backward_12) = kernels(4), kernels(12)
     assert (forward_12 - forward_4) / 8 <= 5

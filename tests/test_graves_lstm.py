@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 import torch
-from helpers import CountOps, count_kernel_launches
+from helpers import CountOps, count_kernel_launches, cuda_kernels
 
 import reproductions.graves_lstm as graves
 from reproductions import graves_lstm_cpu, graves_lstm_triton
@@ -220,25 +220,12 @@ def test_cuda_layer_equals_reference(dtype):
 def test_cuda_kernels_per_step_with_the_profiler():
     """On a GPU, the kernels the profiler sees per time step: at most 3 forward, 6 backward (the
     target; the interpreter count above says 2 and 2, cuBLAS may split a product in two)."""
-    from torch.profiler import ProfilerActivity, profile
-
     _, fused = layers(torch.float32)
     fused.cuda()
 
     def kernels(steps: int) -> tuple[int, int]:
         x = torch.randn(BATCH, steps, INPUTS, device="cuda")
-        fused(x, grad_clip=BOUND)  # warm-up: Triton compiles, cuBLAS picks its kernels
-        counts = []
-        with profile(activities=[ProfilerActivity.CUDA]) as forward:
-            outputs, _ = fused(x, grad_clip=BOUND)
-            torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as backward:
-            outputs.sum().backward()
-            torch.cuda.synchronize()
-        for profiler in (forward, backward):
-            counts.append(sum(e.device_type == torch.autograd.DeviceType.CUDA
-                              for e in profiler.events()))
-        return counts[0], counts[1]
+        return cuda_kernels(lambda: fused(x, grad_clip=BOUND)[0])
 
     (forward_4, backward_4), (forward_12, backward_12) = kernels(4), kernels(12)
     assert (forward_12 - forward_4) / 8 <= 3
