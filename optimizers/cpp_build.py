@@ -2,8 +2,9 @@
 
 The build (``torch.utils.cpp_extension.load``, g++ with OpenMP) is cached under
 ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``). Its name carries a hash of the
-source, of this CPU's instruction sets (the code is compiled with ``-march=native``) and of torch's
-version, so a changed source or another machine builds anew. An OS file lock (released by the
+source and the headers beside it that it includes, of this CPU's instruction sets (the code is
+compiled with ``-march=native``) and of torch's version, so a changed source or header or another
+machine builds anew. An OS file lock (released by the
 kernel if its holder dies) makes concurrent first uses, such as parallel test processes, wait for
 one build instead of racing; older torch versions guard their builds with a lock file that a
 killed build leaves behind.
@@ -15,6 +16,7 @@ import fcntl
 import hashlib
 import logging
 import platform
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -45,9 +47,21 @@ def vector_flags(avx512: bool = False) -> tuple[str, ...]:
     return ()
 
 
+LOCAL_INCLUDE = re.compile(r'^#include "([^"]+)"', re.MULTILINE)
+
+
+def source_text(source: Path) -> str:
+    """The source and the headers beside it that it includes with quotes: what a build reads
+    that can change without torch changing."""
+    text = source.read_text()
+    return text + "".join((source.parent / header).read_text()
+                          for header in LOCAL_INCLUDE.findall(text))
+
+
 def build_name(prefix: str, source: Path, extra_cflags: tuple[str, ...] = ()) -> str:
-    """``prefix`` and a hash of the source, this CPU's instruction sets, torch and the flags."""
-    digest = hashlib.sha256((source.read_text() + cpu_flags() + torch.__version__
+    """``prefix`` and a hash of the source with its headers, this CPU's instruction sets, torch
+    and the flags."""
+    digest = hashlib.sha256((source_text(source) + cpu_flags() + torch.__version__
                              + " ".join(extra_cflags)).encode())
     return f"{prefix}_{digest.hexdigest()[:12]}"
 

@@ -13,28 +13,17 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include "lstm_vectorized.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <optional>
 
 namespace {
 
-template <typename T>
-using Vec = at::vec::Vectorized<T>;
-
-template <typename T>
-Vec<T> sigmoid(const Vec<T>& x) {
-  const Vec<T> one(T(1));
-  return one / (one + x.neg().exp());
-}
-
-// tanh x = 2 sigmoid(2x) - 1: Sleef's tanh costs several times its exp here (within one ulp of 1
-// absolute, as the Triton kernels compute it).
-template <typename T>
-Vec<T> tanh(const Vec<T>& x) {
-  const Vec<T> two(T(2));
-  return two * sigmoid(two * x) - Vec<T>(T(1));
-}
+using lstm_vectorized::sigmoid;
+using lstm_vectorized::tanh;
+using lstm_vectorized::Vec;
 
 template <typename T>
 const T* optional_data(const std::optional<at::Tensor>& t) {

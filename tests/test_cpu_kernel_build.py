@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from optimizers import RMSprop, cpu_kernel
+from optimizers import RMSprop, cpp_build, cpu_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP = """
@@ -48,3 +48,13 @@ def test_cold_cache_processes_build_once_then_all_step(tmp_path):
     RMSprop([param], fused=False, centered=True, momentum=0.9).step()
     for stdout, _ in outputs:
         torch.testing.assert_close(torch.tensor(json.loads(stdout)), param.detach())
+
+
+def test_a_changed_header_changes_the_build_name(tmp_path):
+    source, header = tmp_path / "step.cpp", tmp_path / "step.h"
+    source.write_text('#include <vector>\n#include "step.h"\nint main() {}\n')
+    header.write_text("inline int one() { return 1; }\n")
+    before = cpp_build.build_name("step", source)
+    header.write_text("inline int one() { return 2 - 1; }\n")
+    assert cpp_build.build_name("step", source) != before
+    assert cpp_build.build_name("step", source) == cpp_build.build_name("step", source)
