@@ -24,20 +24,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from reproductions.graves_lstm_triton import _sigmoid, _tanh
+from reproductions.graves_lstm_triton import _load, _sigmoid, _store, _tanh
 
 ELEMENTS = 2048   # rows x units a program holds per tile; BLOCK_U follows from the batch
 MAX_BATCH = ELEMENTS  # one program holds every row of its units
-
-
-@triton.jit
-def _tile(pointer, offsets, mask, COMPUTE: tl.constexpr):
-    return tl.load(pointer + offsets, mask=mask, other=0.0).to(COMPUTE)
-
-
-@triton.jit
-def _store(pointer, offsets, mask, value):
-    tl.store(pointer + offsets, value.to(pointer.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -53,14 +43,14 @@ def _statistics(x, rows_mask, columns, column_mask, batch, running_mean, running
         squares = tl.sum(deviation * deviation, axis=0)
         variance = squares / batch
         if UPDATE:
-            old_mean = _tile(running_mean, columns, column_mask, COMPUTE)
-            old_var = _tile(running_var, columns, column_mask, COMPUTE)
+            old_mean = _load(running_mean, columns, column_mask, COMPUTE)
+            old_var = _load(running_var, columns, column_mask, COMPUTE)
             _store(running_mean, columns, column_mask, (1.0 - momentum) * old_mean + momentum * mu)
             _store(running_var, columns, column_mask,
                    (1.0 - momentum) * old_var + momentum * squares / (batch - 1))
     else:
-        mu = _tile(running_mean, columns, column_mask, COMPUTE)
-        variance = _tile(running_var, columns, column_mask, COMPUTE)
+        mu = _load(running_mean, columns, column_mask, COMPUTE)
+        variance = _load(running_var, columns, column_mask, COMPUTE)
     inverse = 1.0 / tl.sqrt(variance + eps)
     _store(mean, columns, column_mask, mu)
     _store(inv, columns, column_mask, inverse)
@@ -69,21 +59,21 @@ def _statistics(x, rows_mask, columns, column_mask, batch, running_mean, running
 
 @triton.jit
 def _normalised(x, mean, inv, columns, column_mask, COMPUTE: tl.constexpr):
-    mu = _tile(mean, columns, column_mask, COMPUTE)
-    return (x - mu[None, :]) * _tile(inv, columns, column_mask, COMPUTE)[None, :]
+    mu = _load(mean, columns, column_mask, COMPUTE)
+    return (x - mu[None, :]) * _load(inv, columns, column_mask, COMPUTE)[None, :]
 
 
 @triton.jit
 def _gate(a, u, mean_h, inv_h, mean_x, inv_x, gamma_h, gamma_x, bias, offsets, columns, mask,
           column_mask, COMPUTE: tl.constexpr):
     """One gate's columns: the normalised terms and the pre-activation of eq. (6)."""
-    x_hat_h = _normalised(_tile(a, offsets, mask, COMPUTE), mean_h, inv_h, columns, column_mask,
+    x_hat_h = _normalised(_load(a, offsets, mask, COMPUTE), mean_h, inv_h, columns, column_mask,
                           COMPUTE)
-    x_hat_x = _normalised(_tile(u, offsets, mask, COMPUTE), mean_x, inv_x, columns, column_mask,
+    x_hat_x = _normalised(_load(u, offsets, mask, COMPUTE), mean_x, inv_x, columns, column_mask,
                           COMPUTE)
-    pre = (_tile(gamma_h, columns, column_mask, COMPUTE)[None, :] * x_hat_h
-           + _tile(gamma_x, columns, column_mask, COMPUTE)[None, :] * x_hat_x
-           + _tile(bias, columns, column_mask, COMPUTE)[None, :])
+    pre = (_load(gamma_h, columns, column_mask, COMPUTE)[None, :] * x_hat_h
+           + _load(gamma_x, columns, column_mask, COMPUTE)[None, :] * x_hat_x
+           + _load(bias, columns, column_mask, COMPUTE)[None, :])
     return x_hat_h, x_hat_x, pre
 
 
@@ -105,18 +95,18 @@ def _gate_forward(a, u, offsets, rows_mask, columns, column_mask, mask, B, runni
                   gamma_h, gamma_x, bias, momentum, eps, BATCH_STATISTICS: tl.constexpr,
                   UPDATE: tl.constexpr, COMPUTE: tl.constexpr):
     """One gate's columns: the statistics of a and u, and the pre-activation of eq. (6)."""
-    a_k, u_k = _tile(a, offsets, mask, COMPUTE), _tile(u, offsets, mask, COMPUTE)
+    a_k, u_k = _load(a, offsets, mask, COMPUTE), _load(u, offsets, mask, COMPUTE)
     mu_h, in_h = _statistics(a_k, rows_mask, columns, column_mask, B, running_mean_h,
                              running_var_h, mean_h, inv_h, momentum, eps, BATCH_STATISTICS,
                              UPDATE, COMPUTE)
     mu_x, in_x = _statistics(u_k, rows_mask, columns, column_mask, B, running_mean_x,
                              running_var_x, mean_x, inv_x, momentum, eps, BATCH_STATISTICS,
                              UPDATE, COMPUTE)
-    return (_tile(gamma_h, columns, column_mask, COMPUTE)[None, :] * (a_k - mu_h[None, :])
+    return (_load(gamma_h, columns, column_mask, COMPUTE)[None, :] * (a_k - mu_h[None, :])
             * in_h[None, :]
-            + _tile(gamma_x, columns, column_mask, COMPUTE)[None, :] * (u_k - mu_x[None, :])
+            + _load(gamma_x, columns, column_mask, COMPUTE)[None, :] * (u_k - mu_x[None, :])
             * in_x[None, :]
-            + _tile(bias, columns, column_mask, COMPUTE)[None, :])
+            + _load(bias, columns, column_mask, COMPUTE)[None, :])
 
 
 @triton.jit
@@ -143,18 +133,18 @@ def _forward_kernel(a, u, c_prev, gamma_h, gamma_x, bias, gamma_c, beta_c, runni
                           inv_h, mean_x, inv_x, gamma_h, gamma_x, bias, momentum, eps,
                           BATCH_STATISTICS, UPDATE, COMPUTE)
     f, i, o, g = _sigmoid(pre_f), _sigmoid(pre_i), _sigmoid(pre_o), _tanh(pre_g)   # (6)
-    ct = tl.where(mask, f * _tile(c_prev, cell, mask, COMPUTE) + i * g, 0.0)       # (7)
+    ct = tl.where(mask, f * _load(c_prev, cell, mask, COMPUTE) + i * g, 0.0)       # (7)
     mu_c, inv = _statistics(ct, rows_mask, units, units_mask, B, running_mean_c, running_var_c,
                             mean_c, inv_c, momentum, eps, BATCH_STATISTICS, UPDATE, COMPUTE)
-    tc = _tanh(_tile(gamma_c, units, units_mask, COMPUTE)[None, :] * (ct - mu_c[None, :])
-               * inv[None, :] + _tile(beta_c, units, units_mask, COMPUTE)[None, :])
+    tc = _tanh(_load(gamma_c, units, units_mask, COMPUTE)[None, :] * (ct - mu_c[None, :])
+               * inv[None, :] + _load(beta_c, units, units_mask, COMPUTE)[None, :])
     _store(c, cell, mask, ct)
     _store(h, cell, mask, o * tc)                                                   # (8)
 
 
 @triton.jit
 def _accumulate(pointer, columns, mask, value, COMPUTE: tl.constexpr):
-    _store(pointer, columns, mask, _tile(pointer, columns, mask, COMPUTE) + value)
+    _store(pointer, columns, mask, _load(pointer, columns, mask, COMPUTE) + value)
 
 
 @triton.jit
@@ -170,10 +160,10 @@ def _gate_backward(d_pre, x_hat_h, x_hat_x, rows_mask, columns, column_mask, off
     _accumulate(d_bias, columns, column_mask, sum_dp, COMPUTE)
     _accumulate(d_gamma_h, columns, column_mask, sum_dp_h, COMPUTE)
     _accumulate(d_gamma_x, columns, column_mask, sum_dp_x, COMPUTE)
-    scale_h = (_tile(gamma_h, columns, column_mask, COMPUTE)
-               * _tile(inv_h, columns, column_mask, COMPUTE))[None, :]
-    scale_x = (_tile(gamma_x, columns, column_mask, COMPUTE)
-               * _tile(inv_x, columns, column_mask, COMPUTE))[None, :]
+    scale_h = (_load(gamma_h, columns, column_mask, COMPUTE)
+               * _load(inv_h, columns, column_mask, COMPUTE))[None, :]
+    scale_x = (_load(gamma_x, columns, column_mask, COMPUTE)
+               * _load(inv_x, columns, column_mask, COMPUTE))[None, :]
     if BATCH_STATISTICS:
         d_centred = d_pre - (sum_dp / B)[None, :]
         d_a = scale_h * (d_centred - x_hat_h * (sum_dp_h / B)[None, :])
@@ -201,21 +191,21 @@ def _backward_kernel(d_h, d_h_recurrent, d_c, a, u, c_prev, c, mean_h, inv_h, me
     xh_g, xx_g, pre_g = _gate(a, u, mean_h, inv_h, mean_x, inv_x, gamma_h, gamma_x, bias,
                               gate + 3 * H, units + 3 * H, mask, units_mask, COMPUTE)
     f, i, o, g = _sigmoid(pre_f), _sigmoid(pre_i), _sigmoid(pre_o), _tanh(pre_g)
-    c_hat = _normalised(_tile(c, cell, mask, COMPUTE), mean_c, inv_c, units, units_mask, COMPUTE)
-    gamma = _tile(gamma_c, units, units_mask, COMPUTE)[None, :]
-    tc = _tanh(gamma * c_hat + _tile(beta_c, units, units_mask, COMPUTE)[None, :])
-    dh = _tile(d_h, cell, mask, COMPUTE) + _tile(d_h_recurrent, cell, mask, COMPUTE)
+    c_hat = _normalised(_load(c, cell, mask, COMPUTE), mean_c, inv_c, units, units_mask, COMPUTE)
+    gamma = _load(gamma_c, units, units_mask, COMPUTE)[None, :]
+    tc = _tanh(gamma * c_hat + _load(beta_c, units, units_mask, COMPUTE)[None, :])
+    dh = _load(d_h, cell, mask, COMPUTE) + _load(d_h_recurrent, cell, mask, COMPUTE)
     # Through h = o tanh(n), n = gamma_c c_hat + beta_c, and the cell's batch norm.
     dn = tl.where(mask, dh * o * (1.0 - tc * tc), 0.0)
     sum_dn = tl.sum(dn, axis=0)
     sum_dn_ch = tl.sum(dn * c_hat, axis=0)
     _accumulate(d_gamma_c, units, units_mask, sum_dn_ch, COMPUTE)
     _accumulate(d_beta_c, units, units_mask, sum_dn, COMPUTE)
-    scale_c = gamma * _tile(inv_c, units, units_mask, COMPUTE)[None, :]
+    scale_c = gamma * _load(inv_c, units, units_mask, COMPUTE)[None, :]
     if BATCH_STATISTICS:
         dn = dn - (sum_dn / B)[None, :] - c_hat * (sum_dn_ch / B)[None, :]
-    dc = _tile(d_c, cell, mask, COMPUTE) + scale_c * dn
-    cp = _tile(c_prev, cell, mask, COMPUTE)
+    dc = _load(d_c, cell, mask, COMPUTE) + scale_c * dn
+    cp = _load(c_prev, cell, mask, COMPUTE)
     _store(d_c_prev, cell, mask, dc * f)
     _gate_backward(dc * cp * f * (1.0 - f), xh_f, xx_f, rows_mask, units, units_mask, gate, mask,
                    B, gamma_h, gamma_x, inv_h, inv_x, a, u, d_gamma_h, d_gamma_x, d_bias,

@@ -240,6 +240,19 @@ def count_kernel_launches(module, mode: CountOps, monkeypatch) -> None:
 
 
 
+
+def counted_forward_and_backward(mode: CountOps, forward) -> tuple[Counter, Counter]:
+    """What ``mode`` counts in ``forward()`` (which returns every h_t and the last c) and in the
+    backward of their sum (the sum itself not counted)."""
+    with mode:
+        outputs, c = forward()
+    forward_ops = mode.ops.copy()
+    loss = outputs.sum() + c.sum()
+    mode.ops.clear()
+    with mode:
+        loss.backward()
+    return forward_ops, mode.ops.copy()
+
 def cuda_kernels(forward) -> tuple[int, int]:
     """The CUDA kernels the profiler sees in ``forward()`` (which returns a tensor) and in the
     backward of its sum, after one warm-up call of both (Triton compiles, cuBLAS picks its

@@ -13,7 +13,7 @@ from pathlib import Path
 import paper_facts
 import pytest
 import torch
-from helpers import CountOps, count_kernel_launches, cuda_kernels
+from helpers import CountOps, count_kernel_launches, counted_forward_and_backward, cuda_kernels
 
 from optimizers import presets
 from reproductions import bn_lstm, bn_lstm_cpu, bn_lstm_triton
@@ -246,14 +246,12 @@ def launches(steps: int, monkeypatch) -> tuple[Counter, Counter]:
     monkeypatch.setattr(bn_lstm, "backend_for", lambda x: bn_lstm_triton)
     cell = BNLSTM(3, 5, t_max=steps).train()
     x, state = torch.randn(4, steps, 3), (torch.zeros(4, 5), torch.zeros(4, 5))
-    with mode:
+
+    def run():
         outputs, (_, c) = cell(x, state)
-    forward = mode.ops.copy()
-    loss = outputs.sum() + c.sum()
-    mode.ops.clear()
-    with mode:
-        loss.backward()
-    return forward, mode.ops.copy()
+        return outputs, c
+
+    return counted_forward_and_backward(mode, run)
 
 
 def test_cuda_path_launches_three_kernels_per_step_forward_and_six_backward(monkeypatch):

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 import torch
-from helpers import CountOps, count_kernel_launches, cuda_kernels
+from helpers import CountOps, count_kernel_launches, counted_forward_and_backward, cuda_kernels
 
 import reproductions.graves_lstm as graves
 from reproductions import graves_lstm_cpu, graves_lstm_triton
@@ -172,14 +172,12 @@ def launches(steps: int, monkeypatch) -> tuple[Counter, Counter]:
     state = (torch.zeros(1, BATCH, HIDDEN, requires_grad=True),
              torch.zeros(1, BATCH, HIDDEN, requires_grad=True))
     forward = with_backend(graves_lstm_triton)
-    with mode:
-        outputs, (h, c) = forward(fused, x, state, BOUND)
-    forward_ops = mode.ops.copy()
-    loss = outputs.sum() + c.sum()
-    mode.ops.clear()
-    with mode:
-        loss.backward()
-    return forward_ops, mode.ops.copy()
+
+    def run():
+        outputs, (_, c) = forward(fused, x, state, BOUND)
+        return outputs, c
+
+    return counted_forward_and_backward(mode, run)
 
 
 def test_cuda_path_issues_two_launches_per_step_each_way(monkeypatch):
