@@ -16,14 +16,13 @@ which is how the tests check them without a GPU.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from reproductions import graves_lstm_triton
 from reproductions.graves_lstm_triton import _load, _sigmoid, _store, _tanh
 
 ELEMENTS = 2048   # rows x units a program holds per tile; BLOCK_U follows from the batch
@@ -275,13 +274,8 @@ def step_backward(d_h: Tensor, d_h_recurrent: Tensor | None, d_c: Tensor, a: Ten
                            BATCH_STATISTICS=batch_statistics, **meta)
 
 
-linear = F.linear
-
-
-def product_with(weight: Tensor, rows: int, uses: int) -> Callable[[Tensor], Tensor]:
-    """``bn_lstm.Backend.product_with``: one cuBLAS call per product."""
-    weight_t = weight.t()
-    return lambda x: torch.mm(x, weight_t)
+# The products are the Graves step's: one cuBLAS call each.
+linear, product_with = graves_lstm_triton.linear, graves_lstm_triton.product_with
 
 
 def add_weight_gradient(total: Tensor, d: Tensor, x: Tensor) -> None:

@@ -253,6 +253,15 @@ def counted_forward_and_backward(mode: CountOps, forward) -> tuple[Counter, Coun
         loss.backward()
     return forward_ops, mode.ops.copy()
 
+
+def per_time_step(count, short: int = 4, long: int = 12) -> tuple[Counter, Counter]:
+    """The forward's and the backward's counts per time step: ``count(steps)`` (a forward and a
+    backward Counter) at ``long`` steps less at ``short``, over the difference, zeros left out."""
+    (forward_short, backward_short), (forward_long, backward_long) = count(short), count(long)
+    return tuple(+Counter({k: (at_long[k] - at_short[k]) / (long - short) for k in at_long})
+                 for at_short, at_long in ((forward_short, forward_long),
+                                           (backward_short, backward_long)))
+
 def cuda_kernels(forward) -> tuple[int, int]:
     """The CUDA kernels the profiler sees in ``forward()`` (which returns a tensor) and in the
     backward of its sum, after one warm-up call of both (Triton compiles, cuBLAS picks its

@@ -13,7 +13,8 @@ from pathlib import Path
 import paper_facts
 import pytest
 import torch
-from helpers import CountOps, count_kernel_launches, counted_forward_and_backward, cuda_kernels
+from helpers import (CountOps, count_kernel_launches, counted_forward_and_backward,
+                     cuda_kernels, per_time_step)
 
 from optimizers import presets
 from reproductions import bn_lstm, bn_lstm_cpu, bn_lstm_triton
@@ -259,12 +260,9 @@ def test_cuda_path_launches_three_kernels_per_step_forward_and_six_backward(monk
     over 8). Forward: the two products and the step kernel. Backward: the two products again (the
     step is recomputed), the step kernel, the product d W_h and the two weight derivatives added
     in place. The reference ``unroll`` issues about 40."""
-    forward_4, backward_4 = launches(4, monkeypatch)
-    forward_12, backward_12 = launches(12, monkeypatch)
-    per_step_forward = Counter({k: (forward_12[k] - forward_4[k]) / 8 for k in forward_12})
-    per_step_backward = Counter({k: (backward_12[k] - backward_4[k]) / 8 for k in backward_12})
-    assert +per_step_forward == {"mm": 2, "_forward_kernel": 1}
-    assert +per_step_backward == {"mm": 3, "addmm_": 2, "_backward_kernel": 1}
+    forward, backward = per_time_step(lambda steps: launches(steps, monkeypatch))
+    assert forward == {"mm": 2, "_forward_kernel": 1}
+    assert backward == {"mm": 3, "addmm_": 2, "_backward_kernel": 1}
 
 
 @pytest.mark.gpu

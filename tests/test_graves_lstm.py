@@ -11,7 +11,8 @@ from collections import Counter
 
 import pytest
 import torch
-from helpers import CountOps, count_kernel_launches, counted_forward_and_backward, cuda_kernels
+from helpers import (CountOps, count_kernel_launches, counted_forward_and_backward,
+                     cuda_kernels, per_time_step)
 
 import reproductions.graves_lstm as graves
 from reproductions import graves_lstm_cpu, graves_lstm_triton
@@ -185,12 +186,9 @@ def test_cuda_path_issues_two_launches_per_step_each_way(monkeypatch):
     interpreter and the aten ops that would launch on CUDA, over sequences of 4 and 12 steps; the
     difference divided by 8 is the per-step count. Forward: the recurrent product (mm) and the
     cell kernel; backward: the cell kernel and the product. The target is <= 3 and <= 6."""
-    forward_4, backward_4 = launches(4, monkeypatch)
-    forward_12, backward_12 = launches(12, monkeypatch)
-    per_step_forward = Counter({k: (forward_12[k] - forward_4[k]) / 8 for k in forward_12})
-    per_step_backward = Counter({k: (backward_12[k] - backward_4[k]) / 8 for k in backward_12})
-    assert +per_step_forward == {"mm": 1, "_forward_kernel": 1}
-    assert +per_step_backward == {"mm": 1, "_backward_kernel": 1}
+    forward, backward = per_time_step(lambda steps: launches(steps, monkeypatch))
+    assert forward == {"mm": 1, "_forward_kernel": 1}
+    assert backward == {"mm": 1, "_backward_kernel": 1}
 
 
 # ---------------------------------------------------------------------------- CUDA
