@@ -8,7 +8,8 @@
 # Stages, in this order (each with a time limit; one that would not fit in what is left of the
 # 8 minutes is skipped, and says so):
 #   1. versions: Python, torch, Triton, CUDA, driver, the GPU's name, compute-sanitizer, commit;
-#   2. the GPU tests: pytest -m gpu tests/test_gpu.py tests/test_graves_lstm.py;
+#   2. the GPU tests: pytest -m gpu tests/test_gpu.py tests/test_graves_lstm.py
+#      tests/test_bn_lstm.py;
 #   3. the optimizer benchmark, benchmarks/optimizer_step.py, alone on the machine; it writes
 #      benchmarks/results/optimizer_step_<gpu>.md (copied into REPORT_DIR);
 #   4. side by side, to fit the 8 minutes:
@@ -149,7 +150,7 @@ for command in (["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "
 # 2. the GPU tests
 run "GPU tests" 120 "$REPORT/gpu_tests.log" \
     "$PYTHON" -m pytest -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_graves_lstm.py \
-    -rs -q --timeout=240
+    tests/test_bn_lstm.py -rs -q --timeout=240
 
 # 3. the optimizer benchmark
 BENCH_LOG="$REPORT/optimizer_step.log"
