@@ -97,7 +97,13 @@ def test_all_finite_agrees_with_isfinite_on_every_kind_of_bad_value(dtype):
     assert bool(all_finite([tensors[0], torch.randn(4, dtype=torch.float64)]))
 
 
-def test_the_skipped_count_reaches_the_logger_at_start_each_change_and_end():
+@pytest.mark.parametrize("poisoned, expected", [
+    # Batches 0-5; global_step counts the skipped steps too (Lightning counts the step call), so
+    # batch b ends at step b + 1. Each change is drawn as a step: the old count at the step
+    # before it (unless already there), then the new one.
+    ({2, 4}, [(0, 0.0), (2, 0.0), (3, 1.0), (4, 1.0), (5, 2.0), (6, 2.0)]),
+    ({2, 3}, [(0, 0.0), (2, 0.0), (3, 1.0), (4, 2.0), (6, 2.0)])])
+def test_the_skipped_count_reaches_the_logger_at_start_each_change_and_end(poisoned, expected):
     logged = []
 
     class Recorder(pl.loggers.Logger):
@@ -110,14 +116,12 @@ def test_the_skipped_count_reaches_the_logger_at_start_each_change_and_end():
         def log_hyperparams(self, *args, **kwargs):
             pass
 
-    x, y = batches({2, 4})
+    x, y = batches(poisoned)
     trainer = pl.Trainer(max_epochs=1, logger=Recorder(), enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          accelerator="cpu", callbacks=[SkipNonFiniteSteps()])
     trainer.fit(Regression(), DataLoader(TensorDataset(x, y), batch_size=4))
-    # Batches 0-5, 2 and 4 skipped; global_step counts the skipped steps too (Lightning counts
-    # the step call), so batch b ends at step b + 1.
-    assert logged == [(0, 0.0), (3, 1.0), (5, 2.0), (6, 2.0)]
+    assert logged == expected
 
 
 def test_consecutive_non_finite_steps_stop_the_run_with_untouched_weights():

@@ -79,7 +79,7 @@ class SkipNonFiniteSteps(Callback):
         self.skipped = 0
         self.consecutive = 0
         self._loss_finite: torch.Tensor | None = None
-        self._logged: int | None = None  # the count the loggers last saw
+        self._logged = (-1, -1)  # (global step, count) the loggers last saw
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule,
                            loss: torch.Tensor) -> None:
@@ -111,23 +111,27 @@ class SkipNonFiniteSteps(Callback):
                 f"(trainer.gradient_clip_val) and resume with --ckpt_path.")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._log(trainer)
+        self._log(trainer, trainer.global_step, self.skipped)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if self.skipped != self._logged:
-            self._log(trainer)
+        if self.skipped == self._logged[1]:
+            return
+        before = trainer.global_step - 1
+        if before > self._logged[0]:  # the old count up to the step before: a step, not a ramp
+            self._log(trainer, before, self._logged[1])
+        self._log(trainer, trainer.global_step, self.skipped)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._log(trainer)
+        self._log(trainer, trainer.global_step, self.skipped)
 
-    def _log(self, trainer: Trainer) -> None:
-        """``train/skipped_steps`` at the start, at each change and at the end: the count is a step
-        function, which these points draw exactly (``self.log`` at every batch cost ~1 ms)."""
-        self._logged = self.skipped
+    def _log(self, trainer: Trainer, step: int, count: int) -> None:
+        """``train/skipped_steps`` at the start, around each change and at the end: the count is
+        a step function, which these points draw exactly (``self.log`` at every batch cost about
+        1 ms)."""
+        self._logged = (step, count)
         for logger in trainer.loggers:
-            logger.log_metrics({"train/skipped_steps": float(self.skipped)},
-                               step=trainer.global_step)
+            logger.log_metrics({"train/skipped_steps": float(count)}, step=step)
 
     def state_dict(self) -> dict[str, int]:
         return {"skipped": self.skipped, "consecutive": self.consecutive}
