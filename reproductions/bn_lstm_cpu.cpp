@@ -284,6 +284,20 @@ void check_optional(const at::Tensor& reference,
   }
 }
 
+// The layout's sizes, B and H taken from c_{t-1}: a tensor of another size would be read or
+// written out of bounds.
+void check_numel(int64_t numel, std::initializer_list<const at::Tensor*> all, const char* what) {
+  for (const at::Tensor* t : all) check(t->numel() == numel, what);
+}
+
+void check_optional_numel(int64_t numel,
+                          std::initializer_list<const std::optional<at::Tensor>*> all,
+                          const char* what) {
+  for (const std::optional<at::Tensor>* t : all) {
+    if (t->has_value()) check_numel(numel, {&t->value()}, what);
+  }
+}
+
 template <typename T>
 Normalisation<T> normalisation(const at::Tensor& mean_h, const at::Tensor& inv_h,
                                const at::Tensor& mean_x, const at::Tensor& inv_x,
@@ -317,7 +331,20 @@ void step_forward(const at::Tensor& a, const at::Tensor& u, const at::Tensor& c_
   check(batch_statistics || (running_mean_h && running_var_h && running_mean_x &&
                              running_var_x && running_mean_c && running_var_c),
         "population statistics are needed without batch statistics");
+  check(c_prev.dim() == 2, "c_prev must be (B, H)");
   const Sizes s{c_prev.size(0), c_prev.size(1)};
+  check(!batch_statistics || s.B >= 2, "batch statistics need a batch of at least 2");
+  check_numel(s.B * 4 * s.H, {&a, &u, &gates}, "a, u and gates must be (B, 4H)");
+  check_numel(s.B * s.H, {&c, &h}, "c and h must be (B, H)");
+  check_numel(4 * s.H, {&gamma_h, &gamma_x, &bias, &mean_h, &inv_h, &mean_x, &inv_x},
+              "the gates' parameters and statistics must have 4H values");
+  check_optional_numel(4 * s.H, {&running_mean_h, &running_var_h, &running_mean_x,
+                                 &running_var_x},
+                       "the gates' population statistics must have 4H values");
+  check_numel(s.H, {&gamma_c, &beta_c, &mean_c, &inv_c},
+              "the cell's parameters and statistics must have H values");
+  check_optional_numel(s.H, {&running_mean_c, &running_var_c},
+                       "the cell's population statistics must have H values");
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bn_lstm_step_forward", [&] {
     using T = scalar_t;
     const Forward<T> block{
@@ -348,7 +375,17 @@ void step_backward(const at::Tensor& d_h, const std::optional<at::Tensor>& d_h_r
                     &inv_c, &gamma_h, &gamma_x, &bias, &gamma_c, &beta_c, &gates, &d_pre, &c_hat,
                     &tanh_c, &d_c_prev, &d_gamma_h, &d_gamma_x, &d_bias, &d_gamma_c, &d_beta_c});
   check_optional(a, {&d_h_rec});
+  check(c_prev.dim() == 2, "c_prev must be (B, H)");
   const Sizes s{c_prev.size(0), c_prev.size(1)};
+  check_numel(s.B * 4 * s.H, {&a, &u, &gates, &d_pre}, "a, u, gates and d_pre must be (B, 4H)");
+  check_numel(s.B * s.H, {&d_h, &d_c, &c, &c_hat, &tanh_c, &d_c_prev},
+              "d_h, d_c, c, c_hat, tanh_c and d_c_prev must be (B, H)");
+  check_optional_numel(s.B * s.H, {&d_h_rec}, "d_h_recurrent must be (B, H)");
+  check_numel(4 * s.H, {&mean_h, &inv_h, &mean_x, &inv_x, &gamma_h, &gamma_x, &bias, &d_gamma_h,
+                        &d_gamma_x, &d_bias},
+              "the gates' parameters, statistics and derivatives must have 4H values");
+  check_numel(s.H, {&mean_c, &inv_c, &gamma_c, &beta_c, &d_gamma_c, &d_beta_c},
+              "the cell's parameters, statistics and derivatives must have H values");
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bn_lstm_step_backward", [&] {
     using T = scalar_t;
     const Backward<T> block{

@@ -474,3 +474,39 @@ def test_repro_fit_smoke_end_to_end_logs_and_checkpoints_the_permutation(tmp_pat
     run_log, = tmp_path.rglob("offline-run-*/run-*.wandb")
     logged = run_log.read_bytes()
     assert b"train/loss" in logged and b"val/acc" in logged
+
+
+def step_arguments(batch: int, hidden: int) -> dict[str, torch.Tensor | bool | float | None]:
+    """Valid arguments of the CPU step's forward, by name, for a batch and hidden size."""
+    gates, rows = 4 * hidden, torch.zeros
+    return {"a": rows(batch, gates), "u": rows(batch, gates), "c_prev": rows(batch, hidden),
+            **{name: torch.ones(gates) for name in ("gamma_h", "gamma_x", "bias")},
+            "gamma_c": torch.ones(hidden), "beta_c": torch.zeros(hidden),
+            **{name: None for name in ("running_mean_h", "running_var_h", "running_mean_x",
+                                       "running_var_x", "running_mean_c", "running_var_c")},
+            "batch_statistics": True, "momentum": 0.1, "eps": 1e-5,
+            **{name: torch.empty(gates) for name in ("mean_h", "inv_h", "mean_x", "inv_x")},
+            "mean_c": torch.empty(hidden), "inv_c": torch.empty(hidden),
+            "gates": rows(batch, gates), "c": rows(batch, hidden), "h": rows(batch, hidden)}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({}, None),
+    ({"u": torch.zeros(3, 19)}, r"a, u and gates must be \(B, 4H\)"),
+    ({"gamma_c": torch.ones(4)}, "the cell's parameters and statistics must have H values"),
+    ({"running_mean_h": torch.zeros(7), "running_var_h": torch.ones(20),
+      "running_mean_x": torch.zeros(20), "running_var_x": torch.ones(20),
+      "running_mean_c": torch.zeros(5), "running_var_c": torch.ones(5)},
+     "the gates' population statistics must have 4H values"),
+    ({"a": torch.zeros(1, 20), "u": torch.zeros(1, 20), "c_prev": torch.zeros(1, 5),
+      "gates": torch.zeros(1, 20), "c": torch.zeros(1, 5), "h": torch.zeros(1, 5)},
+     "batch statistics need a batch of at least 2")])
+def test_the_cpu_step_refuses_tensors_of_the_wrong_size(change, message):
+    # The op reads and writes raw memory by the layout's sizes: a wrong size must be refused,
+    # never read out of bounds.
+    arguments = {**step_arguments(3, 5), **change}
+    if message is None:
+        bn_lstm_cpu.step_forward(*arguments.values())
+        return
+    with pytest.raises(RuntimeError, match=message):
+        bn_lstm_cpu.step_forward(*arguments.values())
