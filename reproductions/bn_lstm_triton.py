@@ -16,14 +16,13 @@ which is how the tests check them without a GPU.
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from reproductions import graves_lstm_triton
-from reproductions.graves_lstm_triton import _load, _sigmoid, _store, _tanh
+from reproductions.graves_lstm_triton import _accumulate, _load, _sigmoid, _store, _tanh
 
 ELEMENTS = 2048   # rows x units a program holds per tile; BLOCK_U follows from the batch
 MAX_BATCH = ELEMENTS  # one program holds every row of its units
@@ -111,9 +110,12 @@ def _gate_forward(a, u, offsets, rows_mask, columns, column_mask, mask, B, runni
 @triton.jit
 def _forward_kernel(a, u, c_prev, gamma_h, gamma_x, bias, gamma_c, beta_c, running_mean_h,
                     running_var_h, running_mean_x, running_var_x, running_mean_c, running_var_c,
-                    momentum, eps, mean_h, inv_h, mean_x, inv_x, mean_c, inv_c, c, h, B, H,
-                    BATCH_STATISTICS: tl.constexpr, UPDATE: tl.constexpr,
+                    momentum: tl.float64, eps: tl.float64, mean_h, inv_h, mean_x, inv_x, mean_c,
+                    inv_c, c, h, B, H, BATCH_STATISTICS: tl.constexpr, UPDATE: tl.constexpr,
                     COMPUTE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr):
+    # fp64 arguments taken in COMPUTE's precision: a bare Python float would enter the fp64
+    # kernel's arithmetic rounded to fp32 (as in the optimizer's kernel)
+    momentum, eps = tl.full((), momentum, COMPUTE), tl.full((), eps, COMPUTE)
     rows_mask, units, units_mask, mask, gate, cell = _positions(B, H, BLOCK_B, BLOCK_U)
     pre_f = _gate_forward(a, u, gate, rows_mask, units, units_mask, mask, B, running_mean_h,
                           running_var_h, running_mean_x, running_var_x, mean_h, inv_h, mean_x,
@@ -139,11 +141,6 @@ def _forward_kernel(a, u, c_prev, gamma_h, gamma_x, bias, gamma_c, beta_c, runni
                * inv[None, :] + _load(beta_c, units, units_mask, COMPUTE)[None, :])
     _store(c, cell, mask, ct)
     _store(h, cell, mask, o * tc)                                                   # (8)
-
-
-@triton.jit
-def _accumulate(pointer, columns, mask, value, COMPUTE: tl.constexpr):
-    _store(pointer, columns, mask, _load(pointer, columns, mask, COMPUTE) + value)
 
 
 @triton.jit
@@ -242,6 +239,9 @@ def step_forward(a: Tensor, u: Tensor, c_prev: Tensor, gamma_h: Tensor, gamma_x:
                  mean_c: Tensor, inv_c: Tensor, gates: Tensor, c: Tensor, h: Tensor) -> None:
     """``bn_lstm.Backend.step_forward``: one launch; the gates stay in the program, so the
     scratch ``gates`` goes unused."""
+    if not batch_statistics and running_mean_h is None:
+        raise ValueError("BNLSTM (CUDA): population statistics are needed without batch "
+                         "statistics")
     grid, meta = _launch_shape(c)
     update = batch_statistics and running_mean_h is not None
     running = [mean_h, inv_h, mean_x, inv_x, mean_c, inv_c]  # stand-ins the kernel never reads
