@@ -29,7 +29,8 @@ and 49 time steps.
 
 Contenders run interleaved, in a rotating order, over several rounds; the table gives medians and
 ratios measured side by side. The clock is the process's CPU time on the CPU (a shared machine's
-other processes do not count; wall-clock medians beside it) and the wall clock on CUDA.
+other processes do not count) and the wall clock on CUDA (the host's CPU time would leave out
+the waits for the device).
 Operations per time step are counted with ``torch.profiler`` at two sequence lengths (the
 difference over the extra steps): on CUDA the kernels launched, on the CPU the operators (ATen,
 oneDNN, the BN-LSTM's own) called from Python and autograd, views and allocations left out.
@@ -96,6 +97,11 @@ class Clock:
             torch.cuda.synchronize(self.device)
         return (time.process_time(), time.perf_counter(),
                 resource.getrusage(resource.RUSAGE_SELF).ru_stime)
+
+
+def clock_index(device: torch.device) -> int:
+    """Which of a ``Times`` the tables read: CPU time on the CPU, wall time on CUDA."""
+    return 0 if device.type == "cpu" else 1
 
 
 def elapsed(start: tuple[float, ...], end: tuple[float, ...], count: int = 1) -> tuple[float, ...]:
@@ -329,15 +335,15 @@ def wgan_table(device: torch.device, rounds: int, k0: int, k1: int, ablate: bool
             contenders[f"repro fit without {callback}"] = wgan_contender(
                 "repro fit", device, k0, k1, without=callback)
     samples = interleaved(contenders, rounds)
-    clock = "CPU" if device.type == "cpu" else "wall"
+    clock, at = ("CPU" if device.type == "cpu" else "wall"), clock_index(device)
     lines = [(f"## WGAN, generator iterations {k0 + 1} to {k1}, each run paired with a plain loop "
               f"({rounds} runs per loop, interleaved)"), "",
              (f"| loop | ms per generator iteration ({clock}) | its plain loop's | vs plain, "
               f"median | runs' range | generator iterations/s |"), "|---|---|---|---|---|---|"]
     for name, runs in samples.items():
-        ratios = [module[0] / plain[0] for module, plain in runs]
-        module = statistics.median(run[0][0] for run in runs)
-        plain = statistics.median(run[1][0] for run in runs)
+        ratios = [module[at] / plain[at] for module, plain in runs]
+        module = statistics.median(run[0][at] for run in runs)
+        plain = statistics.median(run[1][at] for run in runs)
         lines.append(f"| {name} | {module * 1e3:.1f} | {plain * 1e3:.1f} | "
                      f"{statistics.median(ratios):.3f}x | {min(ratios):.3f}-{max(ratios):.3f} | "
                      f"{1 / module:.2f} |")
@@ -354,7 +360,7 @@ def bn_lstm_table(device: torch.device, rounds: int, sequences) -> list[str]:
                 step()
             contenders[f"{steps}x{name}"] = timed(step, clock)
     results = {key: medians(samples) for key, samples in interleaved(contenders, rounds).items()}
-    label = "CPU s" if device.type == "cpu" else "s"
+    label, at = ("CPU s" if device.type == "cpu" else "s"), clock_index(device)
     header = " | ".join(f"{name} ({label}) | vs nn.LSTM" if name != "nn.LSTM" else
                         f"nn.LSTM ({label})" for name in BN_LSTM_CONTENDERS)
     lines = [f"## BN-LSTM training step, batch 100, 100 units ({rounds} rounds, interleaved)", "",
@@ -362,12 +368,12 @@ def bn_lstm_table(device: torch.device, rounds: int, sequences) -> list[str]:
              "|---|" + "---|" * (2 * len(BN_LSTM_CONTENDERS))]
     for steps, pixels in sequences:
         row = [f"{steps} x {pixels}"]
-        base = results[f"{steps}xnn.LSTM"][0]
+        base = results[f"{steps}xnn.LSTM"][at]
         for name in BN_LSTM_CONTENDERS:
-            main, _, system = results[f"{steps}x{name}"]
+            main, system = results[f"{steps}x{name}"][at], results[f"{steps}x{name}"][2]
             shown = f"{main:.3f} ({system:.2f})" if device.type == "cpu" else f"{main:.3f}"
             row += [shown] if name == "nn.LSTM" else [shown, f"{main / base:.2f}x"]
-        row.append(f"{1 / results[f'{steps}xBN-LSTM'][0]:.2f}")
+        row.append(f"{1 / results[f'{steps}xBN-LSTM'][at]:.2f}")
         lines.append("| " + " | ".join(row) + " |")
     if device.type == "cpu":
         lines += ["", ("In brackets: the part of the CPU time spent in the kernel (system "
@@ -411,7 +417,7 @@ def main() -> None:
     lines = [f"# Loop overhead on {device.type} ({datetime.date.today()})", "",
              f"Machine: {machine(device, args.threads)}. Command: `{command.strip()}`. "
              + ("Times are the process's CPU time (other processes on the shared machine do not "
-                "count), wall-clock beside them." if device.type == "cpu" else
+                "count)." if device.type == "cpu" else
                 "Times are wall-clock, the device synchronised at each end."), ""]
     if args.only != "bn_lstm":
         lines += wgan_table(device, rounds, k0, k1, args.ablate_callbacks) + [""]

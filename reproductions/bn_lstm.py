@@ -29,7 +29,7 @@ Two implementations of the one cell, with the same parameters and statistics:
   W_x x_t and one kernel for both gate batch norms, the gates, the cell, its batch norm and h,
   the population's update included; backward one kernel and five products. C++ on the CPU,
   Triton on CUDA; other devices and dtypes take ``unroll``. At 784 steps a training step takes
-  0.78x ``nn.LSTM``'s CPU time on one thread (``benchmarks/results/loop_overhead_cpu.md``).
+  1.07x ``nn.LSTM``'s CPU time on one thread (``benchmarks/results/loop_overhead_cpu.md``).
 """
 
 from __future__ import annotations
