@@ -124,6 +124,58 @@ def test_the_skipped_count_reaches_the_logger_at_start_each_change_and_end(poiso
     assert logged == expected
 
 
+ONE_RANK_NAN = """
+import sys
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from reproductions.runner.fault_tolerance import SkipNonFiniteSteps
+
+class Regression(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = torch.nn.Linear(3, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.layer(x), y)
+        if batch_idx == 1 and self.global_rank == 1:  # a term with no gradient: finite gradients
+            loss = loss + torch.tensor(float("nan"))
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def on_train_end(self):
+        torch.save({"weight": self.layer.weight.detach(), "skipped": guard.skipped},
+                   f"{sys.argv[1]}/rank{self.global_rank}.pt")
+
+if __name__ == "__main__":
+    guard = SkipNonFiniteSteps()
+    generator = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.randn(16, 3, generator=generator),
+                         torch.randn(16, 1, generator=generator))
+    trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=2, max_epochs=1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[guard])
+    trainer.fit(Regression(), DataLoader(data, batch_size=4))
+"""
+
+
+def test_under_ddp_a_loss_non_finite_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    # DDP averages the gradients, so they agree across ranks, but each rank sees its own loss: a
+    # rank that skipped alone would leave the replicas apart for the rest of the run.
+    script = tmp_path / "one_rank_nan.py"
+    script.write_text(ONE_RANK_NAN)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env,
+                   check=True, timeout=240, capture_output=True)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert [rank["skipped"] for rank in ranks] == [1, 1]
+    assert torch.equal(ranks[0]["weight"], ranks[1]["weight"])
+
+
 def test_consecutive_non_finite_steps_stop_the_run_with_untouched_weights():
     x, y = batches({1, 2, 3, 4, 5})
     with pytest.raises(NonFiniteTrainingError, match="3 consecutive"):

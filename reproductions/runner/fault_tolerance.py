@@ -93,7 +93,9 @@ class SkipNonFiniteSteps(Callback):
         if self._loss_finite is not None:
             finite = finite & self._loss_finite.to(finite.device)
         self._loss_finite = None
-        if bool(finite):  # one host sync per step
+        # One host sync per step; under DDP and FSDP one all-reduce too: every rank skips if any
+        # must (a loss non-finite on one rank only, a shard's gradient), else replicas diverge.
+        if trainer.strategy.reduce_boolean_decision(bool(finite), all=True):
             self.consecutive = 0
             return
         for group in optimizer.param_groups:
