@@ -102,7 +102,7 @@ def plot(runs: dict, path: Path, filter_size: int) -> None:
              xlabel="generator iterations", ylabel="mean D(real) - mean D(fake)")
     middle.set(title="Frechet distance of samples (local MNIST classifier features)",
                xlabel="generator iterations", ylabel="Frechet distance", yscale="log")
-    right.set(title="cos(critic step, -gradient), mean per critic cycle",
+    right.set(title="cos(critic step, -gradient), each cycle's last critic step",
               xlabel="generator iterations")
     right.axhline(0, color="black", lw=0.5)
     for axis in (left, middle, right):
