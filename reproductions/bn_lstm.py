@@ -141,6 +141,8 @@ class BNLSTM(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"BNLSTM: expected input (batch, time, {self.input_size}), "
                              f"got shape {tuple(x.shape)}")
+        if x.shape[1] < 1:
+            raise ValueError("BNLSTM: a sequence needs at least one time step, got none")
         if self.training and x.shape[0] < 2:
             raise ValueError("BNLSTM: training normalises with batch statistics and needs a batch "
                              f"of at least 2 sequences, got {x.shape[0]}")

@@ -377,6 +377,7 @@ def test_lstm_baseline_is_nn_lstm_on_the_same_input():
     (lambda: SequentialClassifier(input_size=2)(torch.zeros(4, 3, 1)), r"expected input \(batch, time, 2\)"),
     (lambda: SequentialClassifier(cell="lstm", input_size=2)(torch.zeros(4, 3, 1)), r"expected input"),
     (lambda: SequentialClassifier()(torch.zeros(1, 3, 1)), "batch of at least 2"),
+    (lambda: SequentialClassifier()(torch.zeros(4, 0, 1)), "at least one time step"),
 ])
 def test_bad_input_is_refused_with_a_clear_message(make, message):
     with pytest.raises(ValueError, match=message):
