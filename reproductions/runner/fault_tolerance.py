@@ -2,9 +2,10 @@
 
 * ``SkipNonFiniteSteps``: when the loss or a gradient is NaN/inf, the optimizer step is skipped
   (every gradient of that optimizer is set to None, so torch optimizers leave both the weights and
-  their state untouched), counted in ``train/skipped_steps``; after ``max_consecutive`` skips in a
-  row the run stops with ``NonFiniteTrainingError`` naming the last checkpoint, which predates the
-  fault (skipped steps change nothing). It works on Lightning's hooks that both optimization
+  their state untouched; under DDP and FSDP on every rank if on any), counted in
+  ``train/skipped_steps``; after ``max_consecutive`` skips in a row the run stops with
+  ``NonFiniteTrainingError`` naming the last checkpoint, which predates the fault (skipped steps
+  change nothing). It works on Lightning's hooks that both optimization
   styles call: ``on_before_backward`` (the loss: automatic, and ``manual_backward``) and
   ``on_before_optimizer_step`` (the gradients: automatic, and ``LightningOptimizer.step`` in manual
   optimization). A manual ``training_step`` that steps a raw ``torch.optim`` optimizer bypasses
