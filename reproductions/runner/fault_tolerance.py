@@ -5,8 +5,8 @@
   their state untouched; under DDP and FSDP on every rank if on any), counted in
   ``train/skipped_steps``; after ``max_consecutive`` skips in a row the run stops with
   ``NonFiniteTrainingError`` naming the last checkpoint, which predates the fault (skipped steps
-  change nothing). It works on Lightning's hooks that both optimization
-  styles call: ``on_before_backward`` (the loss: automatic, and ``manual_backward``) and
+  change nothing). It works on Lightning's hooks that both optimization styles call:
+  ``on_before_backward`` (the loss: automatic, and ``manual_backward``) and
   ``on_before_optimizer_step`` (the gradients: automatic, and ``LightningOptimizer.step`` in manual
   optimization). A manual ``training_step`` that steps a raw ``torch.optim`` optimizer bypasses
   both and is not guarded.
