@@ -20,7 +20,8 @@
 #        --trainer.accelerator gpu --trainer.max_steps N --trainer.logger false), with its
 #        training steps per second (benchmarks/steps_per_second.py): a floor, since these runs
 #        share the machine with each other and with the sanitizer;
-#   5. benchmarks/loop_overhead.py --quick and benchmarks/graves_lstm_speed.py, alone.
+#   5. benchmarks/loop_overhead.py --quick --rounds 1 and benchmarks/graves_lstm_speed.py, alone
+#      (on a CPU the handwriting layer at 100 steps only).
 #
 # REPORT_DIR gets report.md (each stage's status and time, the versions, the steps per second)
 # and one log per stage, 7 files in all.
@@ -73,10 +74,12 @@ if [[ $MODE == --cpu ]]; then  # the rehearsal: same stages, CPU settings, a few
     SMOKE=()  # one after the other: a CPU has too few cores to run five side by side
     BENCH_ARGS=(--quick --repeats 3 --warmup 1 --contenders "torch foreach,ours (default)"
         --out "$REPORT/optimizer_step_cpu_rehearsal.md")
+    LSTM_SPEED_ARGS=(--sizes handwriting --steps 100 --repeats 1)
 else
     ACCELERATOR=gpu SMOKE_STEPS=40 SMOKE_LIMIT=90 SMOKE=(side_by_side)
     BUDGET=${GPU_CHECK_BUDGET_S:-470}  # 8 minutes, less the machine's start and a margin
     BENCH_ARGS=(--repeats 100)
+    LSTM_SPEED_ARGS=(--repeats 1)
 fi
 
 if compgen -G ".whl/*.whl" > /dev/null && [[ $MODE != --dry-run ]]; then
@@ -215,10 +218,10 @@ for i in "${!CONFIGS[@]}"; do
 done
 
 # 5. the loop and LSTM speed benchmarks, short runs on the GPU (their tables go to the log)
-run "benchmarks/loop_overhead.py" 45 "$REPORT/speed_benchmarks.log" \
-    "$PYTHON" benchmarks/loop_overhead.py --quick --out -
+run "benchmarks/loop_overhead.py" 60 "$REPORT/speed_benchmarks.log" \
+    "$PYTHON" benchmarks/loop_overhead.py --quick --rounds 1 --out -
 run "benchmarks/graves_lstm_speed.py" 45 "$REPORT/speed_benchmarks.log" \
-    "$PYTHON" benchmarks/graves_lstm_speed.py --repeats 1
+    "$PYTHON" benchmarks/graves_lstm_speed.py "${LSTM_SPEED_ARGS[@]}"
 
 [[ $MODE == --dry-run ]] && exit 0
 {
