@@ -150,6 +150,7 @@ class Regression(pl.LightningModule):
     def on_train_end(self):
         torch.save({"weight": self.layer.weight.detach(), "skipped": guard.skipped},
                    f"{sys.argv[1]}/rank{self.global_rank}.pt")
+        self.trainer.strategy.barrier()  # rank 0, the launching process, exits after rank 1 saved
 
 if __name__ == "__main__":
     guard = SkipNonFiniteSteps()
