@@ -90,6 +90,7 @@ class SaveParametersPerRank(Callback):
         self.dirpath.mkdir(parents=True, exist_ok=True)
         parameters = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
         torch.save(parameters, self.dirpath / f"rank{trainer.global_rank}.pt")
+        trainer.strategy.barrier()  # rank 0, the launching process, exits after every rank saved
 
 
 def fit(save_dir: Path, *args: str) -> dict[str, torch.Tensor]:
