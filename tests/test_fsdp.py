@@ -118,7 +118,7 @@ def sharded_worker(rank: int, init_file: str, out: str, variants: list[str]) -> 
 def train_sharded(folder, variants: list[str]) -> dict[str, dict[str, torch.Tensor]]:
     """``variants`` trained under FSDP2 in one pair of gloo processes: variant -> full weights."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    # Built here, before the ranks start: in 2 of 27 cold two-rank runs of this test a rank
+    # Built here, before the ranks start: in 2 of 41 cold two-rank runs of this test a rank
     # waiting for the other's first build died with SIGABRT, not yet explained (issue 13).
     # Concurrent cold builds are tested in test_cpu_kernel_build.py.
     cpu_kernel.extension()
