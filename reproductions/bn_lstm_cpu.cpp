@@ -13,7 +13,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
-#include "lstm_vectorized.h"
+#include "lstm_cpu.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -21,14 +21,10 @@
 
 namespace {
 
-using lstm_vectorized::sigmoid;
-using lstm_vectorized::tanh;
-using lstm_vectorized::Vec;
-
-template <typename T>
-const T* optional_data(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->const_data_ptr<T>() : nullptr;
-}
+using lstm_cpu::optional_data;
+using lstm_cpu::sigmoid;
+using lstm_cpu::tanh;
+using lstm_cpu::Vec;
 
 template <typename T>
 T* optional_mutable_data(const std::optional<at::Tensor>& t) {
@@ -270,11 +266,7 @@ void for_each_unit_block(const Block& block, const Sizes& s) {
 void check(bool ok, const char* what) { TORCH_CHECK(ok, "bn_lstm (CPU): ", what); }
 
 void check_tensors(const at::Tensor& reference, std::initializer_list<const at::Tensor*> all) {
-  for (const at::Tensor* t : all) {
-    check(t->is_contiguous(), "every tensor must be contiguous");
-    check(t->scalar_type() == reference.scalar_type(), "every tensor must have one dtype");
-    check(t->device().is_cpu(), "every tensor must be on the CPU");
-  }
+  lstm_cpu::check_tensors("bn_lstm", reference, all);
 }
 
 void check_optional(const at::Tensor& reference,

@@ -11,7 +11,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
-#include "lstm_vectorized.h"
+#include "lstm_cpu.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -19,9 +19,10 @@
 
 namespace {
 
-using lstm_vectorized::sigmoid;
-using lstm_vectorized::tanh;
-using lstm_vectorized::Vec;
+using lstm_cpu::optional_data;
+using lstm_cpu::sigmoid;
+using lstm_cpu::tanh;
+using lstm_cpu::Vec;
 
 // Forward, eq. 7-11, for one row; r (the recurrent product h_{t-1} W_hh^T) may be null when
 // `from_input` already holds the whole pre-activation. Writes the gates (i, f, g, o) after
@@ -100,19 +101,10 @@ constexpr int64_t GRAIN_ELEMENTS = 16384;
 
 int64_t grain(int64_t H) { return std::max<int64_t>(1, GRAIN_ELEMENTS / std::max<int64_t>(H, 1)); }
 
-template <typename T>
-const T* optional_data(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->const_data_ptr<T>() : nullptr;
-}
-
 void check(bool ok, const char* what) { TORCH_CHECK(ok, "graves_lstm (CPU): ", what); }
 
 void check_tensors(const at::Tensor& reference, std::initializer_list<const at::Tensor*> all) {
-  for (const at::Tensor* t : all) {
-    check(t->is_contiguous(), "every tensor must be contiguous");
-    check(t->scalar_type() == reference.scalar_type(), "every tensor must have one dtype");
-    check(t->device().is_cpu(), "every tensor must be on the CPU");
-  }
+  lstm_cpu::check_tensors("graves_lstm", reference, all);
 }
 
 void cell_forward(const at::Tensor& from_input, const std::optional<at::Tensor>& recurrent,
