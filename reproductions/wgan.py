@@ -412,13 +412,13 @@ class WGAN(pl.LightningModule):
             loss = loss + gradient_penalty(self.critic, real, fake, h.gp_weight)
         optimizer.zero_grad()
         self.manual_backward(loss)
-        parameters = [p for p in self.critic.parameters() if p.grad is not None]
+        cosine = None
         if measure_cosine:
+            parameters = [p for p in self.critic.parameters() if p.grad is not None]
             before, grad = flat_copy(parameters), flat_copy([p.grad for p in parameters])
         optimizer.step()
-        # Sec. 4.2's diagnostic on the optimizer's own step, before clipping moves the weights.
-        cosine = step_gradient_cosine(before, flat_copy(parameters), grad) \
-            if measure_cosine else None
+        if measure_cosine:  # Sec. 4.2's diagnostic on the optimizer's own step, before the clip
+            cosine = step_gradient_cosine(before, flat_copy(parameters), grad)
         if h.penalty == "clip":
             clip_weights(self.critic, h.clip_value)
         return wasserstein.detach(), loss.detach(), cosine
