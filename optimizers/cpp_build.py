@@ -4,10 +4,11 @@ The build (``torch.utils.cpp_extension.load``, g++ with OpenMP) is cached under
 ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``). Its name carries a hash of the
 source and the headers beside it that it includes, of this CPU's instruction sets (the code is
 compiled with ``-march=native``) and of torch's version, so a changed source or header or another
-machine builds anew. An OS file lock (released by the
-kernel if its holder dies) makes concurrent first uses, such as parallel test processes, wait for
-one build instead of racing; older torch versions guard their builds with a lock file that a
-killed build leaves behind.
+machine builds anew; and of the source's path, which torch's build files name: two checkouts
+sharing one build would compile it again each time the other had loaded it. An OS file lock
+(released by the kernel if its holder dies) makes concurrent first uses, such as parallel test
+processes, wait for one build instead of racing; older torch versions guard their builds with a
+lock file that a killed build leaves behind.
 """
 
 from __future__ import annotations
@@ -59,10 +60,10 @@ def source_text(source: Path) -> str:
 
 
 def build_name(prefix: str, source: Path, extra_cflags: tuple[str, ...] = ()) -> str:
-    """``prefix`` and a hash of the source with its headers, this CPU's instruction sets, torch
-    and the flags."""
-    digest = hashlib.sha256((source_text(source) + cpu_flags() + torch.__version__
-                             + " ".join(extra_cflags)).encode())
+    """``prefix`` and a hash of the source with its headers and its path, this CPU's instruction
+    sets, torch and the flags."""
+    digest = hashlib.sha256((source_text(source) + str(source.resolve()) + cpu_flags()
+                             + torch.__version__ + " ".join(extra_cflags)).encode())
     return f"{prefix}_{digest.hexdigest()[:12]}"
 
 

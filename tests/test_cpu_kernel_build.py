@@ -58,3 +58,13 @@ def test_a_changed_header_changes_the_build_name(tmp_path):
     header.write_text("inline int one() { return 2 - 1; }\n")
     assert cpp_build.build_name("step", source) != before
     assert cpp_build.build_name("step", source) == cpp_build.build_name("step", source)
+
+
+def test_one_source_in_two_checkouts_builds_under_two_names(tmp_path):
+    # torch's build files name the source's path: one build shared by two checkouts would be
+    # compiled again each time the other checkout had loaded it.
+    for checkout in ("a", "b"):
+        (tmp_path / checkout).mkdir()
+        (tmp_path / checkout / "step.cpp").write_text("int main() {}\n")
+    assert cpp_build.build_name("step", tmp_path / "a" / "step.cpp") != \
+        cpp_build.build_name("step", tmp_path / "b" / "step.cpp")
